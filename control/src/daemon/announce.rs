@@ -1,0 +1,106 @@
+//! Announcements of a MAC's new place after every path change: gratuitous ARP for each IPv4
+//! address and unsolicited neighbour advertisement for each IPv6 address of the kernel
+//! interface, repeated `announce.count` times every `announce.interval_ms` (like bonding's
+//! num_grat_arp), so that the management switch relearns the MAC on the new port.
+//!
+//! They are sent from the kernel interface itself (an AF_PACKET socket on it), so they take
+//! exactly the path the node's own traffic takes: through the worker to the NIC, or over the
+//! fabric to the active proxy and out of its NIC. Addresses are read from the kernel over
+//! netlink at the start of every burst, so a changed address is announced too.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use dataplane::sys::netlink::Netlink;
+use dataplane::sys::raw_socket::RawSocket;
+use dataplane::wire::{Garp, GarpKind, MacAddr, UnsolicitedNa};
+
+/// Sends announcement bursts for one interface.
+pub struct Announcer {
+    sock: RawSocket,
+    ifindex: u32,
+    mac: MacAddr,
+    count: u32,
+    interval: Duration,
+    pending: u32,
+    next_at: Duration,
+    addrs: Vec<IpAddr>,
+    /// Frames sent since start.
+    pub sent: u64,
+    /// Bursts started since start.
+    pub bursts: u64,
+}
+
+impl Announcer {
+    /// Announces `mac` from interface `iface`.
+    pub fn new(iface: &str, ifindex: u32, mac: MacAddr, count: u32, interval: Duration) -> Result<Self, super::DaemonError> {
+        let sock = RawSocket::bind(iface).map_err(|e| super::DaemonError::Io {
+            action: format!("opening a packet socket on {iface} for announcements"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Self {
+            sock,
+            ifindex,
+            mac,
+            count,
+            interval,
+            pending: 0,
+            next_at: Duration::ZERO,
+            addrs: Vec::new(),
+            sent: 0,
+            bursts: 0,
+        })
+    }
+
+    /// Starts a new burst now (replacing one under way).
+    pub fn trigger(&mut self, now: Duration, nl: &mut Netlink) {
+        match nl.addresses(self.ifindex) {
+            Ok(a) => self.addrs = a,
+            Err(e) => tracing::warn!("announce: {e}; using the last known addresses"),
+        }
+        self.pending = self.count;
+        self.next_at = now;
+        self.bursts += 1;
+        self.tick(now);
+    }
+
+    /// Sends the next round of the burst when it is due.
+    pub fn tick(&mut self, now: Duration) {
+        if self.pending == 0 || now < self.next_at {
+            return;
+        }
+        self.pending -= 1;
+        self.next_at = now + self.interval;
+        let mut buf = [0u8; 128];
+        for ip in &self.addrs {
+            let built = match ip {
+                IpAddr::V4(v4) => Garp {
+                    mac: self.mac,
+                    ip: *v4,
+                    vlan: None,
+                    kind: GarpKind::Request,
+                }
+                .build(&mut buf),
+                IpAddr::V6(v6) => UnsolicitedNa {
+                    mac: self.mac,
+                    target: *v6,
+                    router: false,
+                    vlan: None,
+                }
+                .build(&mut buf),
+            };
+            match built {
+                Ok(n) => match self.sock.send(&buf[..n]) {
+                    Ok(_) => self.sent += 1,
+                    Err(e) => tracing::debug!("announce {ip}: {e}"),
+                },
+                Err(e) => tracing::warn!("announce {ip}: {e}"),
+            }
+        }
+    }
+
+    /// When the next round is due, if a burst is under way.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        (self.pending > 0).then_some(self.next_at)
+    }
+}

@@ -1,0 +1,214 @@
+//! Brings up the dataplane for a node: EAL, packet pool, the NIC, the kernel exception port,
+//! the fabric's data socket, the steering table and the worker.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use dataplane::dpdk::{Eal, Mempool, Port, PortConfig};
+use dataplane::fabric::udp::UdpFabric;
+use dataplane::steer::{
+    table_channel, DomainId, DomainInfo, MacTableBuilder, SessionId, TablePublisher, Uplink,
+};
+use dataplane::wire::MacAddr;
+use dataplane::worker::{self, FabricIo, Polling, UdpIo, WorkerHandle, WorkerSetup};
+
+use super::DaemonError;
+use crate::config::{Config, FabricBackend, KernelBackend, Polling as CfgPolling};
+
+/// The running dataplane, as the control thread sees it.
+pub struct Dataplane {
+    /// The NIC (control polls its link state; the worker owns its queue).
+    pub nic: Port,
+    /// The kernel exception port (TAP or virtio-user); kept open for the worker's queue.
+    _kernel: Port,
+    /// The packet pool.
+    pub pool: Mempool,
+    /// The worker.
+    pub worker: Option<WorkerHandle>,
+    /// Control's mutable copy of the steering table.
+    pub table: MacTableBuilder,
+    publisher: TablePublisher,
+    /// Which backend the kernel port uses.
+    pub kernel_backend: KernelBackend,
+    // Keeps EAL up until everything above is gone (declared last: dropped last).
+    _eal: Eal,
+}
+
+/// Whether a devargs string names a virtual device rather than a PCI device.
+fn is_vdev(devargs: &str) -> bool {
+    devargs.starts_with("net_") || devargs.starts_with("virtio_user") || devargs.starts_with("eth_")
+}
+
+/// The EAL command line for this node.
+pub fn eal_args(cfg: &Config) -> Vec<String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // --in-memory (no files in /var/run/dpdk) needs hugepages; without them, --no-shconf
+    // gives the same isolation between the nodes of one machine.
+    let no_huge = cfg.dataplane.eal_args.iter().any(|a| a == "--no-huge");
+    let mut args = vec![
+        if no_huge { "--no-shconf" } else { "--in-memory" }.to_string(),
+        format!("--file-prefix=nicproxy-{}-{}", cfg.node.id, std::process::id()),
+        // The main lcore is the control thread; let it float over every CPU rather than pin
+        // it to CPU 0, where it would compete with a pinned worker.
+        format!("--lcores=0@(0-{})", cpus - 1),
+        "--log-level=*:warning".to_string(),
+    ];
+    if is_vdev(&cfg.nic.devargs) {
+        args.push("--no-pci".to_string());
+    }
+    args.extend(cfg.dataplane.eal_args.iter().cloned());
+    args
+}
+
+/// The kernel interface behind a kernel-backed NIC vdev (af_packet, af_xdp), whose carrier
+/// is the NIC's link state: those PMDs report their own start/stop state as the link, not
+/// the interface's carrier.
+pub fn kernel_backed_iface(devargs: &str) -> Option<&str> {
+    let (driver, args) = devargs.split_once(',')?;
+    if !(driver.starts_with("net_af_packet") || driver.starts_with("net_af_xdp")) {
+        return None;
+    }
+    args.split(',').find_map(|kv| kv.strip_prefix("iface="))
+}
+
+/// The devargs of the kernel exception port.
+fn kernel_devargs(cfg: &Config, backend: KernelBackend) -> String {
+    let mac = cfg.kernel.macs.first().map(ToString::to_string).unwrap_or_default();
+    match backend {
+        KernelBackend::VirtioUser => format!(
+            "virtio_user0,path=/dev/vhost-net,iface={},mac={mac},queue_size=1024",
+            cfg.kernel.name
+        ),
+        _ => format!("net_tap0,iface={},mac={mac}", cfg.kernel.name),
+    }
+}
+
+impl Dataplane {
+    /// Starts everything; the worker runs when this returns.
+    pub fn start(cfg: &Config) -> Result<Dataplane, DaemonError> {
+        let eal = Eal::init(&eal_args(cfg))?;
+        let pool = Mempool::new(&eal, "np-pool", cfg.dataplane.mbufs, 256, 2048 + 128)?;
+
+        let mut nic_cfg = PortConfig::new(pool.clone());
+        nic_cfg.mtu = Some(cfg.nic.mtu);
+        nic_cfg.promiscuous = true;
+        let nic = Port::open(&cfg.nic.devargs, &nic_cfg)?;
+
+        let kernel_backend = cfg.kernel.backend.resolve();
+        let mut k_cfg = PortConfig::new(pool.clone());
+        k_cfg.mtu = Some(cfg.kernel.mtu);
+        let kernel = Port::open(&kernel_devargs(cfg, kernel_backend), &k_cfg)?;
+
+        let table = initial_table(cfg)?;
+        let (publisher, reader) = table_channel(table_snapshot(&table), 8);
+
+        let fabric = match cfg.fabric.backend {
+            FabricBackend::Udp => {
+                let peers: Vec<(SessionId, IpAddr)> = cfg
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (SessionId(i as u16), p.address.ip()))
+                    .collect();
+                let sock = UdpFabric::bind(cfg.fabric.address, &peers)?;
+                FabricIo::Udp(UdpIo::new(sock, pool.clone()))
+            }
+            FabricBackend::Verbs => {
+                return Err(DaemonError::Unsupported(
+                    "fabric.backend = \"verbs\" is not wired into the daemon yet; use \"udp\"",
+                ))
+            }
+        };
+        let polling = match cfg.dataplane.polling {
+            CfgPolling::Busy => Polling::Busy,
+            CfgPolling::Adaptive => Polling::ADAPTIVE,
+        };
+        let setup = WorkerSetup {
+            name: "np-worker0".into(),
+            core: cfg.dataplane.cores.first().map(|&c| usize::from(c)),
+            polling,
+            nic: nic.queue(0)?,
+            kernel: kernel.queue(0)?,
+            fabric,
+            table: reader,
+            drain_interval: Duration::from_micros(100),
+        };
+        let worker = worker::spawn(&eal, setup)?;
+        Ok(Dataplane {
+            nic,
+            _kernel: kernel,
+            pool,
+            worker: Some(worker),
+            table,
+            publisher,
+            kernel_backend,
+            _eal: eal,
+        })
+    }
+
+    /// Publishes the current table to the worker and frees the tables it gave back.
+    pub fn publish(&mut self) {
+        self.publisher.reclaim();
+        let mut snapshot = self.table.build();
+        // The worker takes a table every loop iteration, so the ring drains within
+        // microseconds; a full ring only happens if the worker is stuck.
+        for _ in 0..1000 {
+            match self.publisher.publish(snapshot) {
+                Ok(()) => return,
+                Err(dataplane::steer::PublishError::Full { table, .. }) => {
+                    snapshot = table;
+                    std::thread::sleep(Duration::from_micros(50));
+                    self.publisher.reclaim();
+                }
+                Err(dataplane::steer::PublishError::Disconnected { .. }) => {
+                    tracing::error!("the worker is gone; the table update was not applied");
+                    return;
+                }
+            }
+        }
+        tracing::error!("the worker took no table for 50 ms; the update was not applied");
+    }
+
+    /// Stops the worker and closes the ports.
+    pub fn stop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            if let Err(e) = w.stop() {
+                tracing::error!("stopping the worker: {e}");
+            }
+        }
+    }
+}
+
+fn table_snapshot(b: &MacTableBuilder) -> Box<dataplane::steer::MacTable> {
+    let mut b = b.clone();
+    b.build()
+}
+
+/// The table before any path is chosen: own MACs go to the kernel, nothing leaves yet.
+fn initial_table(cfg: &Config) -> Result<MacTableBuilder, DaemonError> {
+    let mut t = MacTableBuilder::new();
+    t.set_mtu(usize::from(cfg.kernel.mtu.max(cfg.nic.mtu)))?;
+    let mut untagged = None;
+    for d in &cfg.domains {
+        let id = DomainId(d.id);
+        match d.vlan {
+            Some(v) => {
+                t.map_vlan(v, id)?;
+            }
+            None => untagged = Some(id),
+        }
+        t.set_domain(
+            id,
+            DomainInfo {
+                uplink: Uplink::None,
+                kernel: true,
+                sessions: Default::default(),
+            },
+        )?;
+        for m in &cfg.kernel.macs {
+            t.add_local(id, MacAddr(m.0))?;
+        }
+    }
+    t.set_untagged_domain(untagged)?;
+    Ok(t)
+}

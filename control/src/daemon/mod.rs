@@ -1,0 +1,534 @@
+//! The daemon: one control thread that runs the sessions, the detectors and the failover
+//! policy, and drives the dataplane (which runs on its own worker thread).
+//!
+//! Loop, about every millisecond (sooner when a timer is due):
+//! 1. poll the NIC's link state every `timers.link_poll_ms` (the local-link detector);
+//! 2. read control messages from peers (handshakes, heartbeats, proxy requests and acks);
+//! 3. send due Hellos and heartbeats, and declare silent sessions down (path liveness);
+//! 4. feed every change to the owner-side failover machine and the proxy-side machine, and
+//!    carry out their actions: steering table updates, proxy requests and releases,
+//!    announcements, carrier changes;
+//! 5. answer status requests.
+
+mod announce;
+mod dataplane;
+mod peers;
+mod status;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ::dataplane::steer::{DomainId, SessionId, Uplink as SteerUplink};
+use ::dataplane::sys::netlink::{self, Netlink};
+use ::dataplane::sys::signal;
+
+use self::announce::Announcer;
+use self::dataplane::Dataplane;
+use self::peers::{PeerEvent, PeerState, Peers};
+use crate::config::{Config, ConfigError, GroupKey};
+use crate::policy::{
+    Action, Event, Failover, FailoverParams, ProxyAction, ProxyEvent, ProxyParams, ProxyServer,
+    Uplink,
+};
+use crate::proto::{AckStatus, LinkFlags, Message, ProxyAck, ProxyRelease, ProxyRequest};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config is invalid or the key unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// DPDK refused something.
+    #[error(transparent)]
+    Dpdk(#[from] ::dataplane::dpdk::DpdkError),
+    /// The steering table refused an entry.
+    #[error("steering table: {0}")]
+    Table(#[from] ::dataplane::steer::TableError),
+    /// The fabric could not be set up.
+    #[error(transparent)]
+    Fabric(#[from] ::dataplane::fabric::FabricError),
+    /// The worker could not start.
+    #[error(transparent)]
+    Worker(#[from] ::dataplane::worker::WorkerError),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+    /// The session protocol refused our own parameters.
+    #[error("session protocol: {0}")]
+    Proto(crate::proto::ProtoError),
+    /// An OS call failed.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being attempted.
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configured feature the daemon does not do yet.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Loads the config, starts the node, runs until SIGINT/SIGTERM.
+pub fn run_from_file(path: &Path) -> Result<(), DaemonError> {
+    let cfg = Config::load(path)?;
+    let key = cfg.load_key()?;
+    signal::install().map_err(|e| DaemonError::Io {
+        action: "installing signal handlers".into(),
+        source: e,
+    })?;
+    let mut d = Daemon::start(cfg, &key, path)?;
+    let r = d.run();
+    d.shutdown();
+    r
+}
+
+struct Daemon {
+    cfg: Config,
+    config_path: std::path::PathBuf,
+    dp: Dataplane,
+    peers: Peers,
+    failover: Failover,
+    proxy: ProxyServer,
+    nl: Netlink,
+    ifindex: u32,
+    announcer: Announcer,
+    started: Instant,
+    nic_up: Option<bool>,
+    /// For kernel-backed NIC vdevs: the interface whose carrier is the link state.
+    nic_carrier_if: Option<u32>,
+    next_link_poll: Duration,
+    carrier: Option<bool>,
+    local_domains: Vec<DomainId>,
+    status_rx: std::sync::mpsc::Receiver<status::StatusRequest>,
+    failovers: u64,
+    last_change: Option<(Duration, String)>,
+}
+
+impl Daemon {
+    fn start(cfg: Config, key: &GroupKey, path: &Path) -> Result<Daemon, DaemonError> {
+        if cfg.domains.iter().any(|d| !d.local) {
+            return Err(DaemonError::Unsupported(
+                "domains reachable only through peers (local = false) are not wired into the daemon yet",
+            ));
+        }
+        let dp = Dataplane::start(&cfg)?;
+        tracing::info!(
+            node = %cfg.node.id,
+            nic = %cfg.nic.devargs,
+            kernel = %cfg.kernel.name,
+            backend = ?dp.kernel_backend,
+            "dataplane up"
+        );
+        let ifindex = wait_for_interface(&cfg.kernel.name, Duration::from_secs(5))?;
+        let mut nl = Netlink::open()?;
+        let nic_carrier_if = match self::dataplane::kernel_backed_iface(&cfg.nic.devargs) {
+            Some(name) => Some(netlink::if_index(name)?),
+            None => None,
+        };
+        // No path is chosen yet: the kernel sees no carrier until the first decision.
+        nl.set_carrier(ifindex, false)?;
+        let mac = cfg.kernel.macs.first().map(|m| ::dataplane::wire::MacAddr(m.0)).unwrap_or_default();
+        let announcer = Announcer::new(&cfg.kernel.name, ifindex, mac, cfg.announce.count, cfg.announce.interval())?;
+        let peers = Peers::new(&cfg, key)?;
+        let failover = Failover::new(FailoverParams::for_local_domains(&cfg));
+        let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
+        let status_rx = status::serve(&cfg.control_socket())?;
+        let local_domains = cfg.local_domains().map(|d| DomainId(d.id)).collect();
+        tracing::info!(proxies = ?cfg.proxy_order(), "control up");
+        Ok(Daemon {
+            config_path: path.to_path_buf(),
+            cfg,
+            dp,
+            peers,
+            failover,
+            proxy,
+            nl,
+            ifindex,
+            announcer,
+            started: Instant::now(),
+            nic_up: None,
+            nic_carrier_if,
+            next_link_poll: Duration::ZERO,
+            carrier: Some(false),
+            local_domains,
+            status_rx,
+            failovers: 0,
+            last_change: None,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), DaemonError> {
+        let prio = self.cfg.dataplane.control_rt_priority;
+        if prio > 0 {
+            match ::dataplane::sys::sched::set_realtime(prio) {
+                Ok(()) => tracing::info!("control thread at SCHED_FIFO priority {prio}"),
+                Err(e) => tracing::warn!(
+                    "control thread stays at normal priority ({e}); failure detection may misfire on a loaded machine"
+                ),
+            }
+        }
+        let mut events = Vec::new();
+        while !signal::stop_requested() {
+            let now = self.started.elapsed();
+            let now_ns = now.as_nanos() as u64;
+            if signal::take_reload() {
+                self.reload();
+            }
+            if now >= self.next_link_poll {
+                self.poll_link(now);
+                self.next_link_poll = now + self.cfg.timers.link_poll();
+            }
+            self.peers.poll(now, now_ns, &mut events);
+            self.peers.tick(now, now_ns, &mut events);
+            for e in events.drain(..) {
+                self.on_peer_event(now, e);
+            }
+            if self.failover.next_deadline().is_some_and(|d| d <= now) {
+                let actions = self.failover.handle(now, Event::Tick);
+                self.apply(now, actions);
+            }
+            self.announcer.tick(now);
+            while let Ok(req) = self.status_rx.try_recv() {
+                let _ = req.reply.try_send(self.status_json(now).to_string());
+            }
+            if let Some(w) = &self.dp.worker {
+                if !w.is_running() {
+                    tracing::error!("the worker thread ended; stopping");
+                    break;
+                }
+            }
+            self.wait(now);
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the next timer or a control message, at most 1 ms.
+    fn wait(&self, now: Duration) {
+        let mut until = now + Duration::from_millis(1);
+        for d in [self.failover.next_deadline(), self.announcer.next_deadline(), Some(self.next_link_poll)]
+            .into_iter()
+            .flatten()
+        {
+            until = until.min(d);
+        }
+        let sleep = until.saturating_sub(self.started.elapsed());
+        if !sleep.is_zero() {
+            let sock = self.peers.socket();
+            let _ = sock.set_nonblocking(false);
+            let _ = sock.set_read_timeout(Some(sleep.max(Duration::from_micros(50))));
+            let mut probe = [0u8; 1];
+            let _ = sock.peek_from(&mut probe);
+            let _ = sock.set_nonblocking(true);
+        }
+    }
+
+    fn poll_link(&mut self, now: Duration) {
+        let up = match self.nic_carrier_if {
+            Some(idx) => match self.nl.carrier(idx) {
+                Ok(up) => up,
+                Err(e) => {
+                    tracing::warn!("reading the NIC's carrier: {e}");
+                    false
+                }
+            },
+            None => match self.dp.nic.link() {
+                Ok(l) => l.up,
+                Err(e) => {
+                    tracing::warn!("reading the NIC link state: {e}");
+                    false
+                }
+            },
+        };
+        if self.nic_up == Some(up) {
+            return;
+        }
+        tracing::info!("NIC link {}", if up { "up" } else { "down" });
+        self.nic_up = Some(up);
+        self.peers.set_local_link(LinkFlags::new(up, true), now);
+        let actions = self.failover.handle(now, Event::NicLink(up));
+        self.apply(now, actions);
+    }
+
+    fn on_peer_event(&mut self, now: Duration, e: PeerEvent) {
+        match e {
+            PeerEvent::Up(i) => {
+                let id = self.peers.peers[i].id.clone();
+                let usable = self.peers.peers[i].link.usable();
+                let mut actions = self.failover.handle(now, Event::Session { peer: &id, up: true });
+                actions.extend(self.failover.handle(now, Event::PeerLink { peer: &id, usable }));
+                self.apply(now, actions);
+            }
+            PeerEvent::Down(i) => {
+                let id = self.peers.peers[i].id.clone();
+                let actions = self.failover.handle(now, Event::Session { peer: &id, up: false });
+                self.apply(now, actions);
+                let pa = self.proxy.handle(ProxyEvent::SessionDown { peer: &id });
+                self.apply_proxy(now, pa);
+            }
+            PeerEvent::Link(i, flags) => {
+                let id = self.peers.peers[i].id.clone();
+                tracing::info!(peer = %id, "peer link {}", if flags.usable() { "usable" } else { "not usable" });
+                let actions = self.failover.handle(now, Event::PeerLink { peer: &id, usable: flags.usable() });
+                self.apply(now, actions);
+            }
+            PeerEvent::Message(i, msg) => self.on_message(now, i, msg),
+        }
+    }
+
+    fn on_message(&mut self, now: Duration, i: usize, msg: Message) {
+        let id = self.peers.peers[i].id.clone();
+        match msg {
+            Message::ProxyRequest(r) => {
+                let pa = self.proxy.handle(ProxyEvent::Request {
+                    peer: &id,
+                    id: r.id,
+                    macs: &r.macs,
+                    domains: &r.domains,
+                });
+                self.apply_proxy(now, pa);
+            }
+            Message::ProxyRelease(r) => {
+                let pa = self.proxy.handle(ProxyEvent::Release { peer: &id, id: r.id });
+                self.apply_proxy(now, pa);
+            }
+            Message::ProxyAck(a) => {
+                if a.id != self.peers.peers[i].last_request_id {
+                    tracing::debug!(peer = %id, "stale ack {} ignored", a.id);
+                    return;
+                }
+                let accepted = a.status == AckStatus::Ok;
+                if !accepted {
+                    tracing::warn!(peer = %id, "proxy refused: {:?}", a.status);
+                }
+                let actions = self.failover.handle(now, Event::Ack { peer: &id, accepted });
+                self.apply(now, actions);
+            }
+            other => tracing::debug!(peer = %id, "unexpected {:?}", other.msg_type()),
+        }
+    }
+
+    fn apply(&mut self, now: Duration, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::RequestProxy(peer) => {
+                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    self.peers.peers[i].last_request_id += 1;
+                    let req = ProxyRequest {
+                        id: self.peers.peers[i].last_request_id,
+                        macs: self.cfg.kernel.macs.clone(),
+                        domains: self.local_domains.iter().map(|d| d.0).collect(),
+                    };
+                    tracing::info!(%peer, "requesting proxy");
+                    self.peers.send(i, &Message::ProxyRequest(req));
+                }
+                Action::ReleaseProxy(peer) => {
+                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    self.peers.peers[i].last_request_id += 1;
+                    let id = self.peers.peers[i].last_request_id;
+                    tracing::info!(%peer, "releasing proxy");
+                    self.peers.send(i, &Message::ProxyRelease(ProxyRelease { id }));
+                }
+                Action::SetUplink(u) => {
+                    let steer = match &u {
+                        Uplink::None => SteerUplink::None,
+                        Uplink::Nic => SteerUplink::Nic,
+                        Uplink::Session(p) => match self.peers.index_of(p) {
+                            Some(i) => SteerUplink::Session(SessionId(i as u16)),
+                            None => SteerUplink::None,
+                        },
+                    };
+                    for d in &self.local_domains {
+                        if let Err(e) = self.dp.table.set_uplink(*d, steer) {
+                            tracing::error!("setting the uplink of domain {}: {e}", d.0);
+                        }
+                    }
+                    self.dp.publish();
+                    let label = uplink_label(&u);
+                    if matches!(u, Uplink::Session(_)) {
+                        self.failovers += 1;
+                    }
+                    tracing::info!(uplink = %label, "path changed");
+                    self.last_change = Some((now, label));
+                }
+                Action::Announce => self.announcer.trigger(now, &mut self.nl),
+                Action::SetCarrier(on) => {
+                    if self.carrier == Some(on) {
+                        continue;
+                    }
+                    match self.nl.set_carrier(self.ifindex, on) {
+                        Ok(()) => {
+                            tracing::info!("kernel interface carrier {}", if on { "on" } else { "off" });
+                            self.carrier = Some(on);
+                        }
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_proxy(&mut self, _now: Duration, actions: Vec<ProxyAction>) {
+        let mut changed = false;
+        for a in actions {
+            match a {
+                ProxyAction::InstallClient { peer, macs, domains } => {
+                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    let s = SessionId(i as u16);
+                    self.dp.table.remove_session(s);
+                    for d in &domains {
+                        for m in &macs {
+                            if let Err(e) = self.dp.table.add_proxied(DomainId(*d), ::dataplane::wire::MacAddr(m.0), s) {
+                                tracing::error!(%peer, "installing {m}: {e}");
+                            }
+                        }
+                        if let Err(e) = self.dp.table.add_session_member(DomainId(*d), s) {
+                            tracing::error!(%peer, "adding to domain {d}: {e}");
+                        }
+                    }
+                    tracing::info!(%peer, macs = ?macs.iter().map(ToString::to_string).collect::<Vec<_>>(), "proxying for client");
+                    changed = true;
+                }
+                ProxyAction::RemoveClient { peer, .. } => {
+                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    self.dp.table.remove_session(SessionId(i as u16));
+                    tracing::info!(%peer, "no longer proxying for client");
+                    changed = true;
+                }
+                ProxyAction::AnnounceOnBehalf { peer, .. } => {
+                    tracing::debug!(%peer, "announce on behalf: the client announces through us itself");
+                }
+                ProxyAction::SendAck { peer, id, status } => {
+                    if changed {
+                        // The table must be live before the client learns it may rely on it.
+                        self.dp.publish();
+                        changed = false;
+                    }
+                    if let Some(i) = self.peers.index_of(&peer) {
+                        self.peers.send(i, &Message::ProxyAck(ProxyAck { id, status }));
+                    }
+                }
+            }
+        }
+        if changed {
+            self.dp.publish();
+        }
+    }
+
+    fn reload(&mut self) {
+        // Only validation for now: a broken config is reported and the running one kept.
+        match Config::load(&self.config_path) {
+            Ok(new) if new == self.cfg => tracing::info!("SIGHUP: config unchanged"),
+            Ok(_) => tracing::warn!(
+                "SIGHUP: the config changed; live reload is not supported yet, restart the daemon to apply it (running config kept)"
+            ),
+            Err(e) => tracing::error!("SIGHUP: the new config is invalid, keeping the running one: {e}"),
+        }
+    }
+
+    fn status_json(&self, now: Duration) -> serde_json::Value {
+        use serde_json::json;
+        let counters = self.dp.worker.as_ref().map(|w| w.counters());
+        let ports: Vec<_> = counters
+            .as_ref()
+            .map(|c| {
+                ::dataplane::worker::PORT_NAMES
+                    .iter()
+                    .zip(c.ports.iter())
+                    .map(|(name, p)| {
+                        json!({"port": name, "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
+                               "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes, "drops": p.drops})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let drops: serde_json::Map<String, serde_json::Value> = counters
+            .as_ref()
+            .map(|c| {
+                ::dataplane::counters::DropReason::ALL
+                    .iter()
+                    .filter(|r| c.drops_for(**r) > 0)
+                    .map(|r| (r.name().to_string(), json!(c.drops_for(*r))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sessions: Vec<_> = self
+            .peers
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                json!({"peer": p.id, "session": i, "state": match p.state { PeerState::Up => "up", PeerState::Connecting => "connecting", PeerState::Down => "down" },
+                       "rtt_us": p.rtt.map(|r| r.as_secs_f64() * 1e6), "peer_nic_usable": p.link.usable(),
+                       "established": p.established_count})
+            })
+            .collect();
+        let clients: Vec<_> = self
+            .proxy
+            .clients()
+            .iter()
+            .map(|(peer, c)| json!({"peer": peer, "macs": c.macs.iter().map(ToString::to_string).collect::<Vec<_>>(), "domains": c.domains}))
+            .collect();
+        let table: Vec<_> = self
+            .dp
+            .table
+            .clone()
+            .build()
+            .entries()
+            .map(|(d, m, a)| json!({"domain": d.0, "mac": m.to_string(), "action": format!("{a:?}")}))
+            .collect();
+        json!({
+            "node": self.cfg.node.id,
+            "uptime_s": now.as_secs_f64(),
+            "nic_link": self.nic_up,
+            "uplink": uplink_label(&self.failover.uplink()),
+            "carrier": self.carrier,
+            "proxy_order": self.failover.params().proxies,
+            "proxies": self.failover.proxy_status().iter().map(|p| json!({"peer": p.id, "session_up": p.session_up, "link_usable": p.link_usable, "refused": p.refused, "installed": p.installed})).collect::<Vec<_>>(),
+            "sessions": sessions,
+            "clients": clients,
+            "steering_table": table,
+            "ports": ports,
+            "drops": drops,
+            "mempool_in_use": self.dp.pool.in_use(),
+            "failovers_total": self.failovers,
+            "last_change": self.last_change.as_ref().map(|(t, l)| json!({"at_s": t.as_secs_f64(), "uplink": l})),
+            "announcements_sent": self.announcer.sent,
+            "control_rejects": self.peers.rejects().total() + self.peers.rejected_source,
+        })
+    }
+
+    fn shutdown(&mut self) {
+        tracing::info!("stopping");
+        // Let our proxies forget us rather than wait for the heartbeat timeout.
+        for i in 0..self.peers.peers.len() {
+            if self.peers.peers[i].state == PeerState::Up {
+                self.peers.peers[i].last_request_id += 1;
+                let id = self.peers.peers[i].last_request_id;
+                self.peers.send(i, &Message::ProxyRelease(ProxyRelease { id }));
+            }
+        }
+        self.dp.stop();
+        let _ = std::fs::remove_file(self.cfg.control_socket());
+    }
+}
+
+fn uplink_label(u: &Uplink) -> String {
+    match u {
+        Uplink::None => "none".into(),
+        Uplink::Nic => "nic".into(),
+        Uplink::Session(p) => format!("proxy:{p}"),
+    }
+}
+
+fn wait_for_interface(name: &str, timeout: Duration) -> Result<u32, DaemonError> {
+    let t0 = Instant::now();
+    loop {
+        match netlink::if_index(name) {
+            Ok(i) => return Ok(i),
+            Err(e) if t0.elapsed() > timeout => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The local control socket: `nicproxy status` connects, sends one line (`status`), and
+//! reads one JSON object. A separate thread does the socket I/O with timeouts and asks the
+//! control thread for a snapshot over a channel, so a slow or stuck client can never delay
+//! failure detection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::time::Duration;
+
+/// A request from the status thread to the control thread.
+pub struct StatusRequest {
+    /// Where to send the JSON answer.
+    pub reply: SyncSender<String>,
+}
+
+/// Serves the control socket at `path` until the process ends; returns the receiving end
+/// the control loop polls.
+pub fn serve(path: &Path) -> Result<Receiver<StatusRequest>, super::DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| super::DaemonError::Io {
+            action: format!("creating {}", dir.display()),
+            source: e,
+        })?;
+    }
+    // A stale socket from a crashed run would make bind fail; a live daemon for the same
+    // node would be a config error we can detect: if connecting works, someone serves it.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(super::DaemonError::Io {
+            action: format!("binding the control socket {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another nicproxy serves it"),
+        });
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| super::DaemonError::Io {
+        action: format!("binding the control socket {}", path.display()),
+        source: e,
+    })?;
+    let (tx, rx) = mpsc::channel();
+    let owned: PathBuf = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("np-status".into())
+        .spawn(move || accept_loop(&listener, &tx, &owned))
+        .map_err(|e| super::DaemonError::Io {
+            action: "starting the status thread".into(),
+            source: e,
+        })?;
+    Ok(rx)
+}
+
+fn accept_loop(listener: &UnixListener, tx: &Sender<StatusRequest>, _path: &Path) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        let mut reader = BufReader::new(match conn.try_clone() {
+            Ok(c) => c,
+            Err(_) => continue,
+        });
+        // Bounded read: a client cannot make us buffer more than a short line.
+        let mut limited = (&mut reader).take(256);
+        if limited.read_line(&mut line).is_err() {
+            continue;
+        }
+        let answer = match line.trim() {
+            "status" | "" => {
+                let (reply, wait) = mpsc::sync_channel(1);
+                if tx.send(StatusRequest { reply }).is_err() {
+                    return;
+                }
+                wait.recv_timeout(Duration::from_secs(2))
+                    .unwrap_or_else(|_| r#"{"error":"the control thread did not answer"}"#.into())
+            }
+            other => serde_json::json!({ "error": format!("unknown request {other:?}; send \"status\"") }).to_string(),
+        };
+        let _ = conn.write_all(answer.as_bytes());
+        let _ = conn.write_all(b"\n");
+    }
+}
+
+use std::io::Read as _;

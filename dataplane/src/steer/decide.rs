@@ -1,0 +1,176 @@
+//! Second half of steering: the rules, as a pure function of the table, the source and the
+//! classified frame. See the module documentation of [`super`] for the rules in prose.
+
+use super::classify::{classify, Classified};
+use super::table::{DomainInfo, MacTable};
+use super::types::{Action, Decision, Flood, SessionId, SessionMask, Source, Uplink, MAX_SESSIONS};
+use crate::counters::DropReason;
+
+/// Steers one frame.
+#[inline]
+pub fn steer(table: &MacTable, source: Source, frame: &[u8]) -> Decision {
+    match classify(table, frame) {
+        Ok(c) => decide(table, source, &c),
+        Err(r) => Decision::Drop(r),
+    }
+}
+
+/// Steers a burst: `out[i]` gets the decision for `frames[i]` (up to the shorter length).
+/// `F` is anything that shows the frame bytes, e.g. a worker's mbuf wrapper.
+pub fn steer_bulk<F: AsRef<[u8]>>(
+    table: &MacTable,
+    source: Source,
+    frames: &[F],
+    out: &mut [Decision],
+) {
+    for (f, o) in frames.iter().zip(out.iter_mut()) {
+        *o = steer(table, source, f.as_ref());
+    }
+}
+
+/// Applies the rules to an already classified frame.
+#[inline(always)]
+pub fn decide(table: &MacTable, source: Source, c: &Classified) -> Decision {
+    let dom = table.domain(c.domain);
+    match source {
+        Source::Nic => {
+            if dom.uplink != Uplink::Nic {
+                return Decision::Drop(DropReason::InactivePath);
+            }
+            from_lan(table, &dom, c, None)
+        }
+        Source::Kernel => from_kernel(table, &dom, c),
+        Source::Session(s) => {
+            if usize::from(s.0) >= MAX_SESSIONS {
+                Decision::Drop(DropReason::UnknownSession)
+            } else if dom.uplink == Uplink::Session(s) {
+                // Our proxy relays LAN traffic to us: same rules as from our own NIC.
+                from_lan(table, &dom, c, Some(s))
+            } else {
+                from_client(table, &dom, c, s)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn flood(f: Flood, empty: DropReason) -> Decision {
+    if f.copies() == 0 {
+        Decision::Drop(empty)
+    } else {
+        Decision::Flood(f)
+    }
+}
+
+#[inline(always)]
+fn via_uplink(up: Uplink) -> Decision {
+    match up {
+        Uplink::Nic => Decision::Nic,
+        Uplink::Session(p) => Decision::Session(p),
+        Uplink::None => Decision::Drop(DropReason::NoPath),
+    }
+}
+
+/// Sessions a frame leaving by `up` reaches besides the domain's members.
+#[inline(always)]
+fn with_uplink(mut sessions: SessionMask, up: Uplink) -> SessionMask {
+    if let Uplink::Session(p) = up {
+        sessions.insert(p);
+    }
+    sessions
+}
+
+/// A frame from the domain's uplink: the NIC (`via` = `None`) or the proxy session `via`.
+#[inline(always)]
+fn from_lan(t: &MacTable, dom: &DomainInfo, c: &Classified, via: Option<SessionId>) -> Decision {
+    if c.is_group() {
+        if c.is_link_local() {
+            // Link-local control frames (LLDP, LACP, STP) are for this box's kernel only, and
+            // only from its own wire.
+            return match (via, dom.kernel) {
+                (None, true) => Decision::Kernel,
+                (None, false) => Decision::Drop(DropReason::NoRoute),
+                (Some(_), _) => Decision::Drop(DropReason::LinkLocal),
+            };
+        }
+        let mut sessions = dom.sessions;
+        if let Some(s) = via {
+            sessions.remove(s);
+        }
+        return flood(
+            Flood {
+                sessions,
+                kernel: dom.kernel,
+                nic: false,
+            },
+            DropReason::NoRoute,
+        );
+    }
+    match t.lookup_key(c.dst_key()) {
+        Action::Kernel => Decision::Kernel,
+        Action::Session(x) if Some(x) == via => Decision::Drop(DropReason::Loop),
+        Action::Session(x) => Decision::Session(x),
+        Action::Nic => Decision::Drop(DropReason::NotForUs),
+        Action::Drop => Decision::Drop(DropReason::Filtered),
+    }
+}
+
+/// A frame the local kernel sent.
+#[inline(always)]
+fn from_kernel(t: &MacTable, dom: &DomainInfo, c: &Classified) -> Decision {
+    let up = dom.uplink;
+    if c.is_group() {
+        if c.is_link_local() {
+            return if up == Uplink::Nic {
+                Decision::Nic
+            } else {
+                Decision::Drop(DropReason::LinkLocal)
+            };
+        }
+        return flood(
+            Flood {
+                sessions: with_uplink(dom.sessions, up),
+                kernel: false,
+                nic: up == Uplink::Nic,
+            },
+            DropReason::NoPath,
+        );
+    }
+    match t.lookup_key(c.dst_key()) {
+        Action::Session(x) => Decision::Session(x),
+        Action::Kernel => Decision::Drop(DropReason::Loop),
+        Action::Drop => Decision::Drop(DropReason::Filtered),
+        Action::Nic => via_uplink(up),
+    }
+}
+
+/// A frame from a peer we proxy for, on session `s`.
+#[inline(always)]
+fn from_client(t: &MacTable, dom: &DomainInfo, c: &Classified, s: SessionId) -> Decision {
+    if t.lookup_key(c.src_key()) != Action::Session(s) {
+        return Decision::Drop(DropReason::Spoofed);
+    }
+    let up = dom.uplink;
+    if c.is_group() {
+        if c.is_link_local() {
+            return Decision::Drop(DropReason::LinkLocal);
+        }
+        let mut sessions = with_uplink(dom.sessions, up);
+        sessions.remove(s);
+        return flood(
+            Flood {
+                sessions,
+                kernel: dom.kernel,
+                nic: up == Uplink::Nic,
+            },
+            DropReason::NoRoute,
+        );
+    }
+    match t.lookup_key(c.dst_key()) {
+        Action::Kernel => Decision::Kernel,
+        Action::Session(x) if x == s => Decision::Drop(DropReason::Loop),
+        Action::Session(x) => Decision::Session(x),
+        Action::Drop => Decision::Drop(DropReason::Filtered),
+        Action::Nic => via_uplink(up),
+    }
+}

@@ -1,0 +1,109 @@
+//! `nicproxy`: the daemon and its operator commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod lab;
+
+/// Keeps a node reachable on the management network through its peers when its management
+/// NIC fails.
+#[derive(Debug, Parser)]
+#[command(name = "nicproxy", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon for one node.
+    Run {
+        /// The node's TOML config.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log format: `text` (for a terminal) or `json`.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Check config files without starting anything; prints every problem with file, line
+    /// and key. Exits non-zero if any file is invalid.
+    CheckConfig {
+        /// Config files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Build a local lab of nodes in network namespaces and show a failover live (root).
+    Lab(lab::LabArgs),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Internal: traffic and probe agents started by `lab` inside its namespaces.
+    #[command(hide = true)]
+    LabAgent(lab::AgentArgs),
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format == "json");
+            match control::daemon::run_from_file(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("nicproxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { files } => {
+            let mut ok = true;
+            for f in &files {
+                match control::config::Config::load(f) {
+                    Ok(c) => println!(
+                        "{}: ok (node {}, {} peers, proxies in order: {})",
+                        f.display(),
+                        c.node.id,
+                        c.peers.len(),
+                        c.proxy_order().join(", ")
+                    ),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Lab(args) => {
+            init_logging(false);
+            lab::main(args)
+        }
+        Command::LabAgent(args) => lab::agent(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nicproxy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
