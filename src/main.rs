@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod lab;
+mod status;
 
 /// Keeps a node reachable on the management network through its peers when its management
 /// NIC fails.
@@ -26,6 +27,19 @@ enum Command {
         /// Log format: `text` (for a terminal) or `json`.
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+    },
+    /// Show a running daemon's state: sessions, the active path of each MAC, the steering
+    /// table and counters. Reads the daemon's local control socket.
+    Status {
+        /// The node's config (to find its control socket).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The control socket itself.
+        #[arg(short, long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the raw JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Check config files without starting anything; prints every problem with file, line
     /// and key. Exits non-zero if any file is invalid.
@@ -73,6 +87,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { config, socket, json } => status::run(config, socket, json),
         Command::CheckConfig { files } => {
             let mut ok = true;
             for f in &files {

@@ -14,7 +14,7 @@ pub mod config;
 pub mod policy;
 pub mod proto;
 
-#[cfg(test)]
-mod test_rng;
 #[cfg(feature = "dpdk")]
 pub mod daemon;
+#[cfg(test)]
+mod test_rng;

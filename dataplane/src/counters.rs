@@ -301,7 +301,7 @@ impl PortSnapshot {
 }
 
 /// All counters of one worker (or the sum over several) at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CountersSnapshot {
     /// Per-port counters, indexed by the worker's port number.
     pub ports: Vec<PortSnapshot>,

@@ -1,13 +1,13 @@
 //! The nicproxy hot path.
 
-pub mod fabric;
 pub mod counters;
-pub mod steer;
-pub mod wire;
-#[cfg(feature = "verbs")]
-pub mod verbs;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod fabric;
+pub mod steer;
 pub mod sys;
+#[cfg(feature = "verbs")]
+pub mod verbs;
+pub mod wire;
 #[cfg(feature = "dpdk")]
 pub mod worker;

@@ -33,7 +33,13 @@ pub struct Announcer {
 
 impl Announcer {
     /// Announces `mac` from interface `iface`.
-    pub fn new(iface: &str, ifindex: u32, mac: MacAddr, count: u32, interval: Duration) -> Result<Self, super::DaemonError> {
+    pub fn new(
+        iface: &str,
+        ifindex: u32,
+        mac: MacAddr,
+        count: u32,
+        interval: Duration,
+    ) -> Result<Self, super::DaemonError> {
         let sock = RawSocket::bind(iface).map_err(|e| super::DaemonError::Io {
             action: format!("opening a packet socket on {iface} for announcements"),
             source: std::io::Error::other(e.to_string()),

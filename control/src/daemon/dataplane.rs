@@ -46,8 +46,17 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
     // gives the same isolation between the nodes of one machine.
     let no_huge = cfg.dataplane.eal_args.iter().any(|a| a == "--no-huge");
     let mut args = vec![
-        if no_huge { "--no-shconf" } else { "--in-memory" }.to_string(),
-        format!("--file-prefix=nicproxy-{}-{}", cfg.node.id, std::process::id()),
+        if no_huge {
+            "--no-shconf"
+        } else {
+            "--in-memory"
+        }
+        .to_string(),
+        format!(
+            "--file-prefix=nicproxy-{}-{}",
+            cfg.node.id,
+            std::process::id()
+        ),
         // The main lcore is the control thread; let it float over every CPU rather than pin
         // it to CPU 0, where it would compete with a pinned worker.
         format!("--lcores=0@(0-{})", cpus - 1),
@@ -73,7 +82,12 @@ pub fn kernel_backed_iface(devargs: &str) -> Option<&str> {
 
 /// The devargs of the kernel exception port.
 fn kernel_devargs(cfg: &Config, backend: KernelBackend) -> String {
-    let mac = cfg.kernel.macs.first().map(ToString::to_string).unwrap_or_default();
+    let mac = cfg
+        .kernel
+        .macs
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     match backend {
         KernelBackend::VirtioUser => format!(
             "virtio_user0,path=/dev/vhost-net,iface={},mac={mac},queue_size=1024",

@@ -12,6 +12,7 @@
 
 mod announce;
 mod dataplane;
+mod metrics;
 mod peers;
 mod status;
 
@@ -104,6 +105,10 @@ struct Daemon {
     status_rx: std::sync::mpsc::Receiver<status::StatusRequest>,
     failovers: u64,
     last_change: Option<(Duration, String)>,
+    metrics: metrics::Metrics,
+    scrape_rx: std::sync::mpsc::Receiver<metrics::ScrapeRequest>,
+    /// When the path in use was found dead, until the new proxy acknowledges.
+    failure_detected_at: Option<Duration>,
 }
 
 impl Daemon {
@@ -129,12 +134,25 @@ impl Daemon {
         };
         // No path is chosen yet: the kernel sees no carrier until the first decision.
         nl.set_carrier(ifindex, false)?;
-        let mac = cfg.kernel.macs.first().map(|m| ::dataplane::wire::MacAddr(m.0)).unwrap_or_default();
-        let announcer = Announcer::new(&cfg.kernel.name, ifindex, mac, cfg.announce.count, cfg.announce.interval())?;
+        let mac = cfg
+            .kernel
+            .macs
+            .first()
+            .map(|m| ::dataplane::wire::MacAddr(m.0))
+            .unwrap_or_default();
+        let announcer = Announcer::new(
+            &cfg.kernel.name,
+            ifindex,
+            mac,
+            cfg.announce.count,
+            cfg.announce.interval(),
+        )?;
         let peers = Peers::new(&cfg, key)?;
         let failover = Failover::new(FailoverParams::for_local_domains(&cfg));
         let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
         let status_rx = status::serve(&cfg.control_socket())?;
+        let scrape_rx = metrics::serve(cfg.metrics.listen)?;
+        let metrics = metrics::Metrics::new(&cfg.node.id);
         let local_domains = cfg.local_domains().map(|d| DomainId(d.id)).collect();
         tracing::info!(proxies = ?cfg.proxy_order(), "control up");
         Ok(Daemon {
@@ -156,6 +174,9 @@ impl Daemon {
             status_rx,
             failovers: 0,
             last_change: None,
+            metrics,
+            scrape_rx,
+            failure_detected_at: None,
         })
     }
 
@@ -193,6 +214,9 @@ impl Daemon {
             while let Ok(req) = self.status_rx.try_recv() {
                 let _ = req.reply.try_send(self.status_json(now).to_string());
             }
+            while let Ok(req) = self.scrape_rx.try_recv() {
+                let _ = req.reply.try_send(self.scrape());
+            }
             if let Some(w) = &self.dp.worker {
                 if !w.is_running() {
                     tracing::error!("the worker thread ended; stopping");
@@ -207,9 +231,13 @@ impl Daemon {
     /// Sleeps until the next timer or a control message, at most 1 ms.
     fn wait(&self, now: Duration) {
         let mut until = now + Duration::from_millis(1);
-        for d in [self.failover.next_deadline(), self.announcer.next_deadline(), Some(self.next_link_poll)]
-            .into_iter()
-            .flatten()
+        for d in [
+            self.failover.next_deadline(),
+            self.announcer.next_deadline(),
+            Some(self.next_link_poll),
+        ]
+        .into_iter()
+        .flatten()
         {
             until = until.min(d);
         }
@@ -245,6 +273,9 @@ impl Daemon {
             return;
         }
         tracing::info!("NIC link {}", if up { "up" } else { "down" });
+        if !up && self.failover.uplink() == Uplink::Nic {
+            self.failure_detected_at = Some(now);
+        }
         self.nic_up = Some(up);
         self.peers.set_local_link(LinkFlags::new(up, true), now);
         let actions = self.failover.handle(now, Event::NicLink(up));
@@ -255,14 +286,34 @@ impl Daemon {
         match e {
             PeerEvent::Up(i) => {
                 let id = self.peers.peers[i].id.clone();
+                self.metrics.session_up.with_label_values(&[&id]).set(1);
                 let usable = self.peers.peers[i].link.usable();
-                let mut actions = self.failover.handle(now, Event::Session { peer: &id, up: true });
-                actions.extend(self.failover.handle(now, Event::PeerLink { peer: &id, usable }));
+                let mut actions = self.failover.handle(
+                    now,
+                    Event::Session {
+                        peer: &id,
+                        up: true,
+                    },
+                );
+                actions.extend(
+                    self.failover
+                        .handle(now, Event::PeerLink { peer: &id, usable }),
+                );
                 self.apply(now, actions);
             }
             PeerEvent::Down(i) => {
                 let id = self.peers.peers[i].id.clone();
-                let actions = self.failover.handle(now, Event::Session { peer: &id, up: false });
+                self.metrics.session_up.with_label_values(&[&id]).set(0);
+                if self.failover.uplink() == Uplink::Session(id.clone()) {
+                    self.failure_detected_at = Some(now);
+                }
+                let actions = self.failover.handle(
+                    now,
+                    Event::Session {
+                        peer: &id,
+                        up: false,
+                    },
+                );
                 self.apply(now, actions);
                 let pa = self.proxy.handle(ProxyEvent::SessionDown { peer: &id });
                 self.apply_proxy(now, pa);
@@ -270,8 +321,21 @@ impl Daemon {
             PeerEvent::Link(i, flags) => {
                 let id = self.peers.peers[i].id.clone();
                 tracing::info!(peer = %id, "peer link {}", if flags.usable() { "usable" } else { "not usable" });
-                let actions = self.failover.handle(now, Event::PeerLink { peer: &id, usable: flags.usable() });
+                let actions = self.failover.handle(
+                    now,
+                    Event::PeerLink {
+                        peer: &id,
+                        usable: flags.usable(),
+                    },
+                );
                 self.apply(now, actions);
+            }
+            PeerEvent::Rtt(i, rtt) => {
+                let id = &self.peers.peers[i].id;
+                self.metrics
+                    .rtt
+                    .with_label_values(&[id])
+                    .observe(rtt.as_secs_f64());
             }
             PeerEvent::Message(i, msg) => self.on_message(now, i, msg),
         }
@@ -290,7 +354,10 @@ impl Daemon {
                 self.apply_proxy(now, pa);
             }
             Message::ProxyRelease(r) => {
-                let pa = self.proxy.handle(ProxyEvent::Release { peer: &id, id: r.id });
+                let pa = self.proxy.handle(ProxyEvent::Release {
+                    peer: &id,
+                    id: r.id,
+                });
                 self.apply_proxy(now, pa);
             }
             Message::ProxyAck(a) => {
@@ -299,10 +366,23 @@ impl Daemon {
                     return;
                 }
                 let accepted = a.status == AckStatus::Ok;
+                if accepted && self.failover.uplink() == Uplink::Session(id.clone()) {
+                    if let Some(t0) = self.failure_detected_at.take() {
+                        let d = now.saturating_sub(t0);
+                        self.metrics.failover_duration.observe(d.as_secs_f64());
+                        tracing::info!(peer = %id, "failover complete in {:.2} ms (detection to ack)", d.as_secs_f64() * 1e3);
+                    }
+                }
                 if !accepted {
                     tracing::warn!(peer = %id, "proxy refused: {:?}", a.status);
                 }
-                let actions = self.failover.handle(now, Event::Ack { peer: &id, accepted });
+                let actions = self.failover.handle(
+                    now,
+                    Event::Ack {
+                        peer: &id,
+                        accepted,
+                    },
+                );
                 self.apply(now, actions);
             }
             other => tracing::debug!(peer = %id, "unexpected {:?}", other.msg_type()),
@@ -313,7 +393,9 @@ impl Daemon {
         for a in actions {
             match a {
                 Action::RequestProxy(peer) => {
-                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    let Some(i) = self.peers.index_of(&peer) else {
+                        continue;
+                    };
                     self.peers.peers[i].last_request_id += 1;
                     let req = ProxyRequest {
                         id: self.peers.peers[i].last_request_id,
@@ -324,11 +406,14 @@ impl Daemon {
                     self.peers.send(i, &Message::ProxyRequest(req));
                 }
                 Action::ReleaseProxy(peer) => {
-                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    let Some(i) = self.peers.index_of(&peer) else {
+                        continue;
+                    };
                     self.peers.peers[i].last_request_id += 1;
                     let id = self.peers.peers[i].last_request_id;
                     tracing::info!(%peer, "releasing proxy");
-                    self.peers.send(i, &Message::ProxyRelease(ProxyRelease { id }));
+                    self.peers
+                        .send(i, &Message::ProxyRelease(ProxyRelease { id }));
                 }
                 Action::SetUplink(u) => {
                     let steer = match &u {
@@ -348,6 +433,14 @@ impl Daemon {
                     let label = uplink_label(&u);
                     if matches!(u, Uplink::Session(_)) {
                         self.failovers += 1;
+                        self.metrics.failovers.inc();
+                    }
+                    self.metrics.active_path.reset();
+                    for m in &self.cfg.kernel.macs {
+                        self.metrics
+                            .active_path
+                            .with_label_values(&[&m.to_string(), &label])
+                            .set(1);
                     }
                     tracing::info!(uplink = %label, "path changed");
                     self.last_change = Some((now, label));
@@ -359,7 +452,10 @@ impl Daemon {
                     }
                     match self.nl.set_carrier(self.ifindex, on) {
                         Ok(()) => {
-                            tracing::info!("kernel interface carrier {}", if on { "on" } else { "off" });
+                            tracing::info!(
+                                "kernel interface carrier {}",
+                                if on { "on" } else { "off" }
+                            );
                             self.carrier = Some(on);
                         }
                         Err(e) => tracing::error!("{e}"),
@@ -373,13 +469,23 @@ impl Daemon {
         let mut changed = false;
         for a in actions {
             match a {
-                ProxyAction::InstallClient { peer, macs, domains } => {
-                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                ProxyAction::InstallClient {
+                    peer,
+                    macs,
+                    domains,
+                } => {
+                    let Some(i) = self.peers.index_of(&peer) else {
+                        continue;
+                    };
                     let s = SessionId(i as u16);
                     self.dp.table.remove_session(s);
                     for d in &domains {
                         for m in &macs {
-                            if let Err(e) = self.dp.table.add_proxied(DomainId(*d), ::dataplane::wire::MacAddr(m.0), s) {
+                            if let Err(e) = self.dp.table.add_proxied(
+                                DomainId(*d),
+                                ::dataplane::wire::MacAddr(m.0),
+                                s,
+                            ) {
                                 tracing::error!(%peer, "installing {m}: {e}");
                             }
                         }
@@ -391,7 +497,9 @@ impl Daemon {
                     changed = true;
                 }
                 ProxyAction::RemoveClient { peer, .. } => {
-                    let Some(i) = self.peers.index_of(&peer) else { continue };
+                    let Some(i) = self.peers.index_of(&peer) else {
+                        continue;
+                    };
                     self.dp.table.remove_session(SessionId(i as u16));
                     tracing::info!(%peer, "no longer proxying for client");
                     changed = true;
@@ -406,7 +514,8 @@ impl Daemon {
                         changed = false;
                     }
                     if let Some(i) = self.peers.index_of(&peer) {
-                        self.peers.send(i, &Message::ProxyAck(ProxyAck { id, status }));
+                        self.peers
+                            .send(i, &Message::ProxyAck(ProxyAck { id, status }));
                     }
                 }
             }
@@ -414,6 +523,30 @@ impl Daemon {
         if changed {
             self.dp.publish();
         }
+    }
+
+    fn scrape(&mut self) -> String {
+        let counters: Vec<_> = self.dp.worker.iter().map(|w| w.counters()).collect();
+        self.metrics.update_counters(&counters);
+        self.metrics
+            .mempool_in_use
+            .set(i64::from(self.dp.pool.in_use()));
+        self.metrics.clients.set(self.proxy.clients().len() as i64);
+        self.metrics
+            .carrier
+            .set(i64::from(self.carrier == Some(true)));
+        self.metrics.announcements.set(self.announcer.sent as i64);
+        for (reason, n) in self.peers.rejects().as_pairs() {
+            self.metrics
+                .control_rejects
+                .with_label_values(&[reason])
+                .set(n as i64);
+        }
+        self.metrics
+            .control_rejects
+            .with_label_values(&["unexpected_source"])
+            .set(self.peers.rejected_source as i64);
+        self.metrics.encode()
     }
 
     fn reload(&mut self) {
@@ -506,7 +639,8 @@ impl Daemon {
             if self.peers.peers[i].state == PeerState::Up {
                 self.peers.peers[i].last_request_id += 1;
                 let id = self.peers.peers[i].last_request_id;
-                self.peers.send(i, &Message::ProxyRelease(ProxyRelease { id }));
+                self.peers
+                    .send(i, &Message::ProxyRelease(ProxyRelease { id }));
             }
         }
         self.dp.stop();

@@ -71,6 +71,8 @@ pub enum PeerEvent {
     Down(usize),
     /// The peer reported a new link state.
     Link(usize, LinkFlags),
+    /// A heartbeat round trip was measured.
+    Rtt(usize, Duration),
     /// Any other message for the failover or proxy machines.
     Message(usize, Message),
 }
@@ -99,10 +101,11 @@ impl Peers {
             action: format!("binding the control socket to {local}"),
             source: e,
         })?;
-        sock.set_nonblocking(true).map_err(|e| super::DaemonError::Io {
-            action: "making the control socket non-blocking".into(),
-            source: e,
-        })?;
+        sock.set_nonblocking(true)
+            .map_err(|e| super::DaemonError::Io {
+                action: "making the control socket non-blocking".into(),
+                source: e,
+            })?;
         let table = PeerTable::new(key, &cfg.node.id, cfg.peers.iter().map(|p| p.id.as_str()))?;
         let peers = cfg
             .peers
@@ -137,7 +140,8 @@ impl Peers {
             },
             heartbeat,
             detection: cfg.timers.detection_time(),
-            hello_interval: (heartbeat * 10).clamp(Duration::from_millis(20), Duration::from_millis(500)),
+            hello_interval: (heartbeat * 10)
+                .clamp(Duration::from_millis(20), Duration::from_millis(500)),
             rejected_source: 0,
             buf: vec![0; MAX_CONTROL_LEN * 2],
             urandom: std::fs::File::open("/dev/urandom").ok(),
@@ -299,7 +303,11 @@ impl Peers {
             match msg {
                 Message::Hello(h) => {
                     let crossed = self.peers[i].state == PeerState::Connecting;
-                    let answer = !crossed || self.table.session(i).is_some_and(|s| s.answers_crossed_hello());
+                    let answer = !crossed
+                        || self
+                            .table
+                            .session(i)
+                            .is_some_and(|s| s.answers_crossed_hello());
                     if self.peers[i].state == PeerState::Up {
                         // The peer restarted: its old session (and whatever it carried for
                         // us or we for it) is gone.
@@ -335,6 +343,7 @@ impl Peers {
                     let p = &mut self.peers[i];
                     if let Some(rtt) = hb.rtt_ns(now_ns) {
                         p.rtt = Some(Duration::from_nanos(rtt));
+                        events.push(PeerEvent::Rtt(i, Duration::from_nanos(rtt)));
                     }
                     p.echo = Some((hb.seq, hb.tx_ns, now));
                     if hb.link != p.link {

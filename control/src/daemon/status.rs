@@ -29,7 +29,10 @@ pub fn serve(path: &Path) -> Result<Receiver<StatusRequest>, super::DaemonError>
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(super::DaemonError::Io {
             action: format!("binding the control socket {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another nicproxy serves it"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another nicproxy serves it",
+            ),
         });
     }
     let _ = std::fs::remove_file(path);

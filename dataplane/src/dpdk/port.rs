@@ -865,7 +865,11 @@ fn find_port(c_devargs: &CStr, devargs: &str) -> Result<(u16, *mut ffi::rte_devi
     // SAFETY: all-zero is a valid rte_eth_dev_info (null pointers, zero counts), and DPDK
     // only ever writes valid values over it.
     let info = unsafe { info.assume_init() };
-    let device = if rc == 0 { info.device } else { std::ptr::null_mut() };
+    let device = if rc == 0 {
+        info.device
+    } else {
+        std::ptr::null_mut()
+    };
     Ok((id, device))
 }
 

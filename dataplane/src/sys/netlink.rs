@@ -123,9 +123,20 @@ impl Netlink {
         msg[a..a + 2].copy_from_slice(&5u16.to_ne_bytes());
         msg[a + 2..a + 4].copy_from_slice(&IFLA_CARRIER.to_ne_bytes());
         msg[a + 4] = u8::from(on);
-        let action = || format!("setting carrier {} on interface #{ifindex}", if on { "on" } else { "off" });
-        self.send(&msg).map_err(|source| NetlinkError { action: action(), source })?;
-        self.wait_ack(seq).map_err(|source| NetlinkError { action: action(), source })
+        let action = || {
+            format!(
+                "setting carrier {} on interface #{ifindex}",
+                if on { "on" } else { "off" }
+            )
+        };
+        self.send(&msg).map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })?;
+        self.wait_ack(seq).map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })
     }
 
     /// Whether interface `ifindex` has carrier.
@@ -134,7 +145,10 @@ impl Netlink {
         let seq = self.header(&mut msg, RTM_GETLINK, NLM_F_REQUEST);
         msg[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
         let action = || format!("reading the carrier of interface #{ifindex}");
-        self.send(&msg).map_err(|source| NetlinkError { action: action(), source })?;
+        self.send(&msg).map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })?;
         let mut carrier = None;
         self.read_replies(seq, |ty, body| {
             if ty == RTM_NEWLINK && body.len() >= IFINFOMSG {
@@ -145,10 +159,16 @@ impl Netlink {
                 }
             }
         })
-        .map_err(|source| NetlinkError { action: action(), source })?;
+        .map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })?;
         carrier.ok_or_else(|| NetlinkError {
             action: action(),
-            source: io::Error::new(io::ErrorKind::InvalidData, "the kernel sent no IFLA_CARRIER"),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the kernel sent no IFLA_CARRIER",
+            ),
         })
     }
 
@@ -157,7 +177,10 @@ impl Netlink {
         let mut msg = [0u8; NLMSG_HDR + IFADDRMSG];
         let seq = self.header(&mut msg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP);
         let action = || format!("listing the addresses of interface #{ifindex}");
-        self.send(&msg).map_err(|source| NetlinkError { action: action(), source })?;
+        self.send(&msg).map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })?;
         let mut out = Vec::new();
         self.read_replies(seq, |ty, body| {
             if ty != RTM_NEWADDR || body.len() < IFADDRMSG {
@@ -173,7 +196,9 @@ impl Netlink {
             let (mut local, mut address) = (None, None);
             for (kind, val) in attrs(&body[IFADDRMSG..]) {
                 let ip = match (i32::from(family), val.len()) {
-                    (libc::AF_INET, 4) => Some(IpAddr::V4(Ipv4Addr::new(val[0], val[1], val[2], val[3]))),
+                    (libc::AF_INET, 4) => {
+                        Some(IpAddr::V4(Ipv4Addr::new(val[0], val[1], val[2], val[3])))
+                    }
                     (libc::AF_INET6, 16) => {
                         let mut b = [0u8; 16];
                         b.copy_from_slice(val);
@@ -191,7 +216,10 @@ impl Netlink {
                 out.push(ip);
             }
         })
-        .map_err(|source| NetlinkError { action: action(), source })?;
+        .map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })?;
         Ok(out)
     }
 
@@ -260,7 +288,10 @@ impl Netlink {
             while rest.len() >= NLMSG_HDR {
                 let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
                 if len < NLMSG_HDR || len > rest.len() {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed netlink message"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "malformed netlink message",
+                    ));
                 }
                 let ty = u16::from_ne_bytes([rest[4], rest[5]]);
                 let mseq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
@@ -331,7 +362,10 @@ mod tests {
         let lo = if_index("lo").expect("lo exists");
         let mut nl = Netlink::open().expect("netlink socket");
         let addrs = nl.addresses(lo).expect("dump");
-        assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
         let e = if_index("no-such-if0").unwrap_err().to_string();
         assert!(e.contains("no-such-if0"), "{e}");
     }

@@ -128,6 +128,9 @@ mod tests {
         assert_eq!(us, [1, 2, 4, 8, 16, 32, 64, 100, 100]);
         assert_eq!(b.after(5), Idle::Spin);
         assert_eq!(b.after(0), Idle::Spin, "spinning resumes after work");
-        assert_eq!(Polling::ADAPTIVE.wake_up_latency(), Duration::from_micros(200));
+        assert_eq!(
+            Polling::ADAPTIVE.wake_up_latency(),
+            Duration::from_micros(200)
+        );
     }
 }

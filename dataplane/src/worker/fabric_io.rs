@@ -130,7 +130,9 @@ impl UdpIo {
             if ok {
                 // meta.len <= room, both u16-bounded, so the cast is lossless.
                 let len = meta[i].len as u16;
-                let trimmed = m.trim(rooms[i] - len).and_then(|()| m.adj(DATA_HEADER_LEN as u16));
+                let trimmed = m
+                    .trim(rooms[i] - len)
+                    .and_then(|()| m.adj(DATA_HEADER_LEN as u16));
                 if trimmed.is_some() && m.len() >= 14 {
                     sessions[out.len()] = meta[i].session.unwrap_or_default();
                     if out.push(m).is_ok() {
@@ -153,11 +155,19 @@ impl UdpIo {
         }
         let c = self.sock.counters();
         if c.unknown_source != self.seen_unknown {
-            add(tally, DropReason::UnknownSession, c.unknown_source - self.seen_unknown);
+            add(
+                tally,
+                DropReason::UnknownSession,
+                c.unknown_source - self.seen_unknown,
+            );
             self.seen_unknown = c.unknown_source;
         }
         if c.truncated != self.seen_truncated {
-            add(tally, DropReason::Oversize, c.truncated - self.seen_truncated);
+            add(
+                tally,
+                DropReason::Oversize,
+                c.truncated - self.seen_truncated,
+            );
             self.seen_truncated = c.truncated;
         }
         delivered

@@ -25,7 +25,7 @@ pub use fabric_io::{FabricIo, UdpIo};
 
 use crate::counters::{worker_counters, CounterReader, CounterWriter, CountersSnapshot, DropTally};
 use crate::dpdk::{tsc, Burst, DpdkError, Eal, Mbuf, PortQueue, BURST_SIZE};
-use crate::steer::{steer, Decision, Source, SessionId, TableReader};
+use crate::steer::{steer, Decision, SessionId, Source, TableReader};
 
 /// Counter index of the NIC port.
 pub const PORT_NIC: usize = 0;
@@ -124,7 +124,9 @@ impl WorkerHandle {
     fn stop_and_join(&mut self) -> Result<(), WorkerError> {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| Err(WorkerError::Panicked(self.name.clone()))),
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(WorkerError::Panicked(self.name.clone()))),
             None => Ok(()),
         }
     }
@@ -281,10 +283,18 @@ impl Loop {
                 work += n;
                 self.dispatch_all(&mut rx, Source::Kernel, PORT_KERNEL, None, &mut stats);
             }
-            let n = self.fabric.rx_burst(&mut rx, &mut sessions, &mut stats.tally[PORT_FABRIC]);
+            let n = self
+                .fabric
+                .rx_burst(&mut rx, &mut sessions, &mut stats.tally[PORT_FABRIC]);
             if n > 0 {
                 work += n;
-                self.dispatch_all(&mut rx, Source::Nic, PORT_FABRIC, Some(&sessions), &mut stats);
+                self.dispatch_all(
+                    &mut rx,
+                    Source::Nic,
+                    PORT_FABRIC,
+                    Some(&sessions),
+                    &mut stats,
+                );
             }
 
             let now = tsc();
