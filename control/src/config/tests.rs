@@ -262,6 +262,11 @@ fn semantic_errors_name_line_and_key() {
         ),
         (
             "address = \"10.0.0.3:4792\"",
+            "address = \"10.0.0.3:4800\"",
+            "t.toml:23:1: peers[1].address: port 4800 differs from fabric.address's port 4792: the UDP fabric uses one port for the whole group",
+        ),
+        (
+            "address = \"10.0.0.3:4792\"",
             "address = \"[fd00::3]:4792\"",
             "t.toml:23:1: peers[1].address: [fd00::3]:4792 is not of the address family of fabric.address 10.0.0.1:4792",
         ),

@@ -237,6 +237,18 @@ fn peers(c: &mut Checker, cfg: &Config) {
                 format!("{} is this node's own fabric.address", peer.address),
             );
         }
+        // The UDP backend recognises a peer by its address and the group's one data port
+        // (and uses that port + 1 for control messages).
+        if cfg.fabric.backend == FabricBackend::Udp && peer.address.port() != own.port() {
+            c.fail(
+                path!["peers", i, "address"],
+                format!(
+                    "port {} differs from fabric.address's port {}: the UDP fabric uses one port for the whole group",
+                    peer.address.port(),
+                    own.port()
+                ),
+            );
+        }
         if let Some(j) = addrs.insert(peer.address, i) {
             c.fail(
                 path!["peers", i, "address"],

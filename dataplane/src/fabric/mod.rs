@@ -28,7 +28,7 @@ pub enum FabricError {
     /// A system call failed.
     #[error("{action}: {source}")]
     Os {
-        /// What was being attempted, e.g. "UDP fabric: recvmmsg".
+        /// What was being attempted, e.g. "receiving from the UDP fabric socket (recvmmsg)".
         action: &'static str,
         /// The errno, displayed with its text.
         #[source]
