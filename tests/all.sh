@@ -8,7 +8,7 @@ t0=$(date +%s)
 tests/setup.sh
 export CARGO_TERM_COLOR=never
 # Build once up front so that test timings below are test timings.
-cargo build --workspace --all-targets --locked
+cargo build --workspace --tests --locked
 # Pure logic builds and passes without DPDK or rdma-core features.
 cargo test -p dataplane -p control --no-default-features --locked
 # Everything, with the real parts (needs root; boots the lab guest for verbs tests).
