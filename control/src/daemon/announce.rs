@@ -105,6 +105,29 @@ impl Announcer {
         }
     }
 
+    /// Announces MACs whose IPs we do not know (a proxy's clients): one ARP probe (RFC 5227:
+    /// sender and target IP 0.0.0.0) from each MAC, broadcast, so that the switch learns
+    /// the MAC on our port at once. It leaves every ARP cache alone. Returns frames sent.
+    pub fn probe_from(&mut self, macs: &[MacAddr]) -> usize {
+        let mut buf = [0u8; 64];
+        let mut sent = 0;
+        for &mac in macs {
+            let probe = Garp {
+                mac,
+                ip: std::net::Ipv4Addr::UNSPECIFIED,
+                vlan: None,
+                kind: GarpKind::Request,
+            };
+            if let Ok(n) = probe.build(&mut buf) {
+                if self.sock.send(&buf[..n]).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        self.sent += sent as u64;
+        sent
+    }
+
     /// When the next round is due, if a burst is under way.
     pub fn next_deadline(&self) -> Option<Duration> {
         (self.pending > 0).then_some(self.next_at)

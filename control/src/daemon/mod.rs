@@ -118,6 +118,16 @@ impl Daemon {
                 "domains reachable only through peers (local = false) are not wired into the daemon yet",
             ));
         }
+        if cfg.upstream_probe.is_some() {
+            return Err(DaemonError::Unsupported(
+                "[upstream_probe] is not wired into the daemon yet; remove the table",
+            ));
+        }
+        if cfg.dataplane.cores.len() > 1 || cfg.nic.queues > 1 {
+            return Err(DaemonError::Unsupported(
+                "the daemon runs one worker with one NIC queue for now: give at most one core in dataplane.cores and nic.queues = 1",
+            ));
+        }
         let dp = Dataplane::start(&cfg)?;
         tracing::info!(
             node = %cfg.node.id,
@@ -504,8 +514,14 @@ impl Daemon {
                     tracing::info!(%peer, "no longer proxying for client");
                     changed = true;
                 }
-                ProxyAction::AnnounceOnBehalf { peer, .. } => {
-                    tracing::debug!(%peer, "announce on behalf: the client announces through us itself");
+                ProxyAction::AnnounceOnBehalf { peer, macs } => {
+                    if changed {
+                        self.dp.publish();
+                        changed = false;
+                    }
+                    let macs: Vec<_> = macs.iter().map(|m| ::dataplane::wire::MacAddr(m.0)).collect();
+                    let sent = self.announcer.probe_from(&macs);
+                    tracing::info!(%peer, sent, "announced the client's MACs from our NIC");
                 }
                 ProxyAction::SendAck { peer, id, status } => {
                     if changed {
