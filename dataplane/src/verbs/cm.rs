@@ -1052,3 +1052,59 @@ impl Drop for Connection {
         unsafe { sys::rdma_destroy_qp(self.ep.id.as_ptr()) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_round_trip_through_sockaddr() {
+        for a in [
+            "10.99.0.1:18515".parse::<SocketAddr>().expect("v4"),
+            "[fe80::1%3]:4791".parse::<SocketAddr>().expect("v6"),
+        ] {
+            let ss = to_sockaddr(a);
+            // SAFETY: ss is a valid sockaddr_storage holding a sockaddr of a's family.
+            let back = unsafe { from_sockaddr(ptr::addr_of!(ss).cast::<sys::sockaddr>()) };
+            assert_eq!(back, Some(a));
+        }
+    }
+
+    #[test]
+    fn private_data_is_framed_and_unframed_despite_cm_padding() {
+        let framed = frame_private_data(b"peer-7", CONNECT_PRIVATE_DATA_MAX, "t").expect("fits");
+        let mut ev = Event {
+            kind: 0,
+            status: 0,
+            id: ptr::null_mut(),
+            private: [0xEE; PRIVATE_DATA_BUF],
+            private_len: 56, // the CM pads a request's private data to its full size
+        };
+        ev.private[..framed.len()].copy_from_slice(&framed);
+        assert_eq!(ev.user_private_data(), b"peer-7");
+        // A length byte that claims more than arrived gives nothing, not a panic.
+        ev.private[0] = 200;
+        assert!(ev.user_private_data().is_empty());
+        ev.private_len = 0;
+        assert!(ev.user_private_data().is_empty());
+        let err = frame_private_data(&[0; 56], CONNECT_PRIVATE_DATA_MAX, "connecting")
+            .expect_err("too long");
+        assert!(err
+            .to_string()
+            .contains("56 bytes of private data, at most 55 fit"));
+    }
+
+    #[test]
+    fn cm_statuses_read_as_text() {
+        use sys::rdma_cm_event_type as t;
+        assert_eq!(
+            status_text(t::RDMA_CM_EVENT_REJECTED, 8),
+            "no listener on that port (invalid service id)"
+        );
+        assert!(status_text(t::RDMA_CM_EVENT_UNREACHABLE, -libc::ETIMEDOUT).contains("timed out"));
+        assert_eq!(
+            event_name(t::RDMA_CM_EVENT_ESTABLISHED),
+            "RDMA_CM_EVENT_ESTABLISHED"
+        );
+    }
+}

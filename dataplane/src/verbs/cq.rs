@@ -452,3 +452,30 @@ impl WcOpcode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wc_status_text_comes_from_libibverbs() {
+        assert_eq!(
+            WcStatus::RnrRetryExceeded.to_string(),
+            "RNR retry counter exceeded"
+        );
+        assert_eq!(WcStatus::Success.as_str(), "success");
+        for raw in 0..30 {
+            assert_eq!(WcStatus::from_raw(raw).to_raw(), raw);
+        }
+        assert!(!WcStatus::Success.breaks_connection());
+        assert!(WcStatus::WrFlush.breaks_connection());
+    }
+
+    #[test]
+    fn a_zeroed_work_completion_reads_as_success_without_imm() {
+        let wc = WorkCompletion::default();
+        assert!(wc.is_ok() && wc.ok().is_ok());
+        assert_eq!(wc.imm_data(), None);
+        assert_eq!(wc.opcode(), WcOpcode::Send);
+    }
+}
