@@ -10,7 +10,7 @@ pkgs=(
   pkg-config clang libclang-dev dpdk libdpdk-dev dpdk-dev
   rdma-core libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils rdmacm-utils
   # lab: namespaces, bridge, capture, the QEMU guest that runs Soft-RoCE
-  iproute2 iputils-ping tcpdump procps python3 qemu-system-x86 busybox-static kmod cpio
+  iproute2 iputils-ping tcpdump procps ethtool python3 qemu-system-x86 busybox-static kmod cpio
   # metrics lint (promtool)
   prometheus
 )
