@@ -108,6 +108,8 @@ pub struct MacTableBuilder {
     vlans: BTreeMap<u16, DomainId>,
     untagged: Option<DomainId>,
     domains: BTreeMap<DomainId, DomainInfo>,
+    /// Domains our NIC is not cabled to (reached only through peers).
+    remote: std::collections::BTreeSet<DomainId>,
     ethertypes: Vec<u16>,
     max_frame_len: usize,
     generation: u64,
@@ -127,6 +129,7 @@ impl MacTableBuilder {
             vlans: BTreeMap::new(),
             untagged: Some(DomainId(0)),
             domains: BTreeMap::new(),
+            remote: std::collections::BTreeSet::new(),
             ethertypes: DEFAULT_ETHERTYPES.to_vec(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             generation: 0,
@@ -362,6 +365,18 @@ impl MacTableBuilder {
 
     /// Makes an immutable snapshot of the current state. Each snapshot gets the next
     /// generation number.
+    /// Marks whether this node's NIC is cabled to `domain` (default: yes). Frames for our
+    /// own MACs that arrive on the NIC in a cabled domain are delivered even while the NIC
+    /// is not the domain's path; in a domain reached only through peers they never are.
+    pub fn set_nic_cabled(&mut self, domain: DomainId, cabled: bool) -> &mut Self {
+        if cabled {
+            self.remote.remove(&domain);
+        } else {
+            self.remote.insert(domain);
+        }
+        self
+    }
+
     pub fn build(&mut self) -> Box<MacTable> {
         self.generation += 1;
         let capacity = (self.entries.len() * 2)
@@ -375,6 +390,7 @@ impl MacTableBuilder {
             vlans: vec![NO_DOMAIN; 4096].into_boxed_slice(),
             untagged: self.untagged.map_or(NO_DOMAIN, |d| d.0),
             domains: Box::new([]),
+            nic_cabled: Box::new([]),
             ethertypes: [0; MAX_ETHERTYPES],
             max_frame_len: self.max_frame_len,
             generation: self.generation,
@@ -401,6 +417,9 @@ impl MacTableBuilder {
         for (&d, &info) in &self.domains {
             domains[usize::from(d.0)] = info;
         }
+        table.nic_cabled = (0..n_domains)
+            .map(|d| !self.remote.contains(&DomainId(d as u16)))
+            .collect();
         table.domains = domains.into_boxed_slice();
         for (slot, &et) in table.ethertypes.iter_mut().zip(&self.ethertypes) {
             *slot = et;

@@ -35,7 +35,15 @@ pub fn decide(table: &MacTable, source: Source, c: &Classified) -> Decision {
     match source {
         Source::Nic => {
             if dom.uplink != Uplink::Nic {
-                return Decision::Drop(DropReason::InactivePath);
+                // Floods also reach us through our proxy, so taking them here too would
+                // deliver them twice. A unicast frame for one of our own MACs, though, the
+                // switch sends to one port only: it arrives here when the switch relearned
+                // our MAC on the NIC before we moved back to it, and dropping it would turn
+                // an early relearn into loss.
+                return match (c.is_group(), table.lookup_key(c.dst_key())) {
+                    (false, Action::Kernel) if table.nic_cabled(c.domain) => Decision::Kernel,
+                    _ => Decision::Drop(DropReason::InactivePath),
+                };
             }
             from_lan(table, &dom, c, None)
         }

@@ -27,8 +27,12 @@
 //! others can be added; 802.3 length/LLC frames and a third VLAN tag never pass) →
 //! `UnknownEthertype`; a VLAN (or untagged) that maps to no domain → `UnknownVlan`.
 //!
-//! *From the NIC*, or *from our uplink session* (the proxy relays LAN frames to us); the
-//! NIC is refused with `InactivePath` when it is not the domain's uplink:
+//! *From the NIC*, or *from our uplink session* (the proxy relays LAN frames to us). When
+//! the NIC is not the domain's uplink, its frames are refused with `InactivePath` (floods
+//! reach us through the proxy, so taking them here too would deliver them twice), except a
+//! unicast for one of our own MACs in a domain the NIC is cabled to: the switch sends a
+//! unicast to one port only, so it is delivered to the kernel (the switch relearned our MAC
+//! on the NIC before we moved back to it). Otherwise:
 //! - unicast to a local MAC → Kernel; to a proxied MAC → that session (to the very session
 //!   it came from → `Loop`); unknown → `NotForUs`; blackholed → `Filtered`;
 //! - broadcast/multicast → Flood {kernel if member, the domain's client sessions}, never

@@ -80,6 +80,9 @@ pub struct MacTable {
     pub(super) vlans: Box<[u16]>,
     pub(super) untagged: u16,
     pub(super) domains: Box<[DomainInfo]>,
+    /// Per domain: whether this node's NIC is cabled to it (false for a domain reached only
+    /// through peers). Indexed like `domains`; missing entries are cabled.
+    pub(super) nic_cabled: Box<[bool]>,
     /// Unused entries are 0, which is never an ethertype (it is an 802.3 length).
     pub(super) ethertypes: [u16; MAX_ETHERTYPES],
     pub(super) max_frame_len: usize,
@@ -190,6 +193,13 @@ impl MacTable {
             .get(usize::from(domain.0))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Whether this node's NIC is cabled to `domain` (false only for domains marked as
+    /// reached through peers).
+    #[inline(always)]
+    pub fn nic_cabled(&self, domain: DomainId) -> bool {
+        self.nic_cabled.get(usize::from(domain.0)).copied().unwrap_or(true)
     }
 
     /// The domain of a frame with outer VLAN id `vid` (`None` or 0 = untagged or

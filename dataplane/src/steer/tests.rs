@@ -94,6 +94,8 @@ fn base_builder() -> MacTableBuilder {
     b.set_domain(D1, info(Uplink::Nic, true, &[S1])).unwrap();
     b.set_domain(D2, info(Uplink::Session(S3), true, &[]))
         .unwrap();
+    // D2 is reached only through peer C: our NIC is not cabled to it.
+    b.set_nic_cabled(D2, false);
     b.set_domain(D3, info(Uplink::None, true, &[S2])).unwrap();
     b.set_domain(D4, info(Uplink::Nic, false, &[])).unwrap();
     b.set_domain(D5, info(Uplink::None, false, &[])).unwrap();
@@ -802,9 +804,21 @@ fn failover_moves_the_uplink_to_the_proxy() {
                 dropped(LinkLocal),
             ),
             case(
-                "NIC is no longer the path",
+                "NIC is no longer the path: unicast to us still delivered",
                 NIC,
                 frame(LOCAL, LAN, Tags::Untagged),
+                Decision::Kernel,
+            ),
+            case(
+                "NIC is no longer the path: floods dropped (they come through the proxy)",
+                NIC,
+                frame(BCAST, LAN, Tags::Untagged),
+                dropped(InactivePath),
+            ),
+            case(
+                "NIC is no longer the path: unicast to a proxied MAC dropped",
+                NIC,
+                frame(A, LAN, Tags::Untagged),
                 dropped(InactivePath),
             ),
             case(
