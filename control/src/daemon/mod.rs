@@ -98,7 +98,7 @@ struct Daemon {
     started: Instant,
     nic_up: Option<bool>,
     /// For kernel-backed NIC vdevs: the interface whose carrier is the link state.
-    nic_carrier_if: Option<u32>,
+    nic_carrier_if: Option<::dataplane::sys::ifflags::IfFlagsProbe>,
     next_link_poll: Duration,
     carrier: Option<bool>,
     local_domains: Vec<DomainId>,
@@ -139,7 +139,10 @@ impl Daemon {
         let ifindex = wait_for_interface(&cfg.kernel.name, Duration::from_secs(5))?;
         let mut nl = Netlink::open()?;
         let nic_carrier_if = match self::dataplane::kernel_backed_iface(&cfg.nic.devargs) {
-            Some(name) => Some(netlink::if_index(name)?),
+            Some(name) => Some(::dataplane::sys::ifflags::IfFlagsProbe::new(name).map_err(|e| DaemonError::Io {
+                action: format!("watching the NIC's interface {name}"),
+                source: e,
+            })?),
             None => None,
         };
         // No path is chosen yet: the kernel sees no carrier until the first decision.
@@ -263,8 +266,8 @@ impl Daemon {
     }
 
     fn poll_link(&mut self, now: Duration) {
-        let up = match self.nic_carrier_if {
-            Some(idx) => match self.nl.carrier(idx) {
+        let up = match &self.nic_carrier_if {
+            Some(probe) => match probe.running() {
                 Ok(up) => up,
                 Err(e) => {
                     tracing::warn!("reading the NIC's carrier: {e}");
