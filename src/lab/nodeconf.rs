@@ -27,6 +27,10 @@ pub const LINK_POLL_MS: u64 = 2;
 pub const HEARTBEAT_MS: u64 = 10;
 /// `timers.multiplier`.
 pub const MULTIPLIER: u64 = 3;
+/// `upstream_probe.interval_ms`: the station plays the gateway the probe asks for, so
+/// failback waits until the switch port really forwards (a Linux bridge's port can take
+/// over a second after the link returns).
+pub const PROBE_MS: u64 = 50;
 
 /// A generated node config.
 #[derive(Debug, Clone)]
@@ -124,10 +128,12 @@ fn render(n: &Names, node: &NodeNames, policy: Policy, key: &Path, socket: &Path
         s,
         "[failover]\nfailback = \"{failback}\"\nhold_down_ms = {hold}\n\n\
          [timers]\nlink_poll_ms = {LINK_POLL_MS}\nheartbeat_ms = {HEARTBEAT_MS}\nmultiplier = {MULTIPLIER}\n\n\
+         [upstream_probe]\ntarget = \"{station}\"\ninterval_ms = {PROBE_MS}\nmultiplier = 5\n\n\
          [dataplane]\npolling = \"adaptive\"\neal_args = [\"--no-huge\", \"-m\", \"256\"]\n\n\
          [metrics]\nlisten = \"127.0.0.1:9469\"\ncontrol_socket = {socket}\n",
         failback = policy.failback.name(),
         hold = policy.hold_down_ms,
+        station = names::STATION_V4,
         socket = toml_string(socket),
     );
     s

@@ -12,9 +12,11 @@
 
 mod announce;
 mod dataplane;
+mod linkwatch;
 mod metrics;
 mod peers;
 mod status;
+mod upstream;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -93,12 +95,20 @@ struct Daemon {
     failover: Failover,
     proxy: ProxyServer,
     nl: Netlink,
-    ifindex: u32,
     announcer: Announcer,
     started: Instant,
     nic_up: Option<bool>,
+    /// The upstream probe, if configured.
+    upstream: Option<upstream::UpstreamProbe>,
     /// For kernel-backed NIC vdevs: the interface whose carrier is the link state.
-    nic_carrier_if: Option<::dataplane::sys::ifflags::IfFlagsProbe>,
+    /// Netlink link requests, on a thread of their own (see `linkwatch`).
+    linkwatch: linkwatch::LinkWatcher,
+    /// The NIC's link comes from the link watcher (kernel-backed vdevs), not from DPDK.
+    nic_link_from_watcher: bool,
+    /// The carrier last asked of the kernel interface (`carrier` is the one carried out).
+    carrier_wanted: Option<bool>,
+    /// Announcements wait until a pending carrier-on has been carried out.
+    announce_pending: bool,
     next_link_poll: Duration,
     carrier: Option<bool>,
     local_domains: Vec<DomainId>,
@@ -118,17 +128,12 @@ impl Daemon {
                 "domains reachable only through peers (local = false) are not wired into the daemon yet",
             ));
         }
-        if cfg.upstream_probe.is_some() {
-            return Err(DaemonError::Unsupported(
-                "[upstream_probe] is not wired into the daemon yet; remove the table",
-            ));
-        }
         if cfg.dataplane.cores.len() > 1 || cfg.nic.queues > 1 {
             return Err(DaemonError::Unsupported(
                 "the daemon runs one worker with one NIC queue for now: give at most one core in dataplane.cores and nic.queues = 1",
             ));
         }
-        let dp = Dataplane::start(&cfg)?;
+        let mut dp = Dataplane::start(&cfg)?;
         tracing::info!(
             node = %cfg.node.id,
             nic = %cfg.nic.devargs,
@@ -138,15 +143,17 @@ impl Daemon {
         );
         let ifindex = wait_for_interface(&cfg.kernel.name, Duration::from_secs(5))?;
         let mut nl = Netlink::open()?;
-        let nic_carrier_if = match self::dataplane::kernel_backed_iface(&cfg.nic.devargs) {
-            Some(name) => Some(::dataplane::sys::ifflags::IfFlagsProbe::new(name).map_err(|e| DaemonError::Io {
-                action: format!("watching the NIC's interface {name}"),
-                source: e,
-            })?),
+        let nic_if = match self::dataplane::kernel_backed_iface(&cfg.nic.devargs) {
+            Some(name) => Some(netlink::if_index(name)?),
             None => None,
         };
         // No path is chosen yet: the kernel sees no carrier until the first decision.
         nl.set_carrier(ifindex, false)?;
+        let linkwatch = linkwatch::LinkWatcher::start(Netlink::open()?, nic_if, ifindex, cfg.timers.link_poll())
+            .map_err(|e| DaemonError::Io {
+                action: "starting the link watcher thread".into(),
+                source: e,
+            })?;
         let mac = cfg
             .kernel
             .macs
@@ -160,6 +167,18 @@ impl Daemon {
             cfg.announce.count,
             cfg.announce.interval(),
         )?;
+        let upstream = match &cfg.upstream_probe {
+            Some(p) => {
+                let nic_mac = ::dataplane::wire::MacAddr(dp.nic.mac()?);
+                dp.table.set_nic_mac(Some(nic_mac))?;
+                for d in cfg.local_domains() {
+                    dp.table.add_local(DomainId(d.id), nic_mac)?;
+                }
+                dp.publish();
+                Some(upstream::UpstreamProbe::new(&cfg.kernel.name, nic_mac, p)?)
+            }
+            None => None,
+        };
         let peers = Peers::new(&cfg, key)?;
         let failover = Failover::new(FailoverParams::for_local_domains(&cfg));
         let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
@@ -176,11 +195,14 @@ impl Daemon {
             failover,
             proxy,
             nl,
-            ifindex,
             announcer,
             started: Instant::now(),
             nic_up: None,
-            nic_carrier_if,
+            upstream,
+            linkwatch,
+            nic_link_from_watcher: nic_if.is_some(),
+            carrier_wanted: Some(false),
+            announce_pending: false,
             next_link_poll: Duration::ZERO,
             carrier: Some(false),
             local_domains,
@@ -213,6 +235,10 @@ impl Daemon {
             if now >= self.next_link_poll {
                 self.poll_link(now);
                 self.next_link_poll = now + self.cfg.timers.link_poll();
+            }
+            let link_up = self.nic_up == Some(true);
+            if let Some(v) = self.upstream.as_mut().and_then(|p| p.tick(now, link_up)) {
+                self.on_upstream(now, v);
             }
             self.peers.poll(now, now_ns, &mut events);
             self.peers.tick(now, now_ns, &mut events);
@@ -248,6 +274,7 @@ impl Daemon {
             self.failover.next_deadline(),
             self.announcer.next_deadline(),
             Some(self.next_link_poll),
+            self.upstream.as_ref().map(upstream::UpstreamProbe::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -266,22 +293,32 @@ impl Daemon {
     }
 
     fn poll_link(&mut self, now: Duration) {
-        let up = match &self.nic_carrier_if {
-            Some(probe) => match probe.running() {
-                Ok(up) => up,
-                Err(e) => {
-                    tracing::warn!("reading the NIC's carrier: {e}");
-                    false
+        while let Ok(ev) = self.linkwatch.events.try_recv() {
+            match ev {
+                linkwatch::LinkEvent::NicCarrier(up) => self.on_nic_link(now, up),
+                linkwatch::LinkEvent::KernelCarrierSet(on) => {
+                    tracing::info!("kernel interface carrier {}", if on { "on" } else { "off" });
+                    self.carrier = Some(on);
+                    if on && std::mem::take(&mut self.announce_pending) {
+                        self.announcer.trigger(now, &mut self.nl);
+                    }
                 }
-            },
-            None => match self.dp.nic.link() {
+                linkwatch::LinkEvent::Failed(what) => tracing::error!("link watcher: {what} failed"),
+            }
+        }
+        if !self.nic_link_from_watcher {
+            let up = match self.dp.nic.link() {
                 Ok(l) => l.up,
                 Err(e) => {
                     tracing::warn!("reading the NIC link state: {e}");
                     false
                 }
-            },
-        };
+            };
+            self.on_nic_link(now, up);
+        }
+    }
+
+    fn on_nic_link(&mut self, now: Duration, up: bool) {
         if self.nic_up == Some(up) {
             return;
         }
@@ -290,8 +327,24 @@ impl Daemon {
             self.failure_detected_at = Some(now);
         }
         self.nic_up = Some(up);
-        self.peers.set_local_link(LinkFlags::new(up, true), now);
+        if !up {
+            if let Some(v) = self.upstream.as_mut().and_then(|p| p.link_lost()) {
+                self.on_upstream(now, v);
+            }
+        }
+        let upstream_ok = self.upstream.as_ref().map_or(true, |p| p.ok());
+        self.peers.set_local_link(LinkFlags::new(up, upstream_ok), now);
         let actions = self.failover.handle(now, Event::NicLink(up));
+        self.apply(now, actions);
+    }
+
+    fn on_upstream(&mut self, now: Duration, ok: bool) {
+        tracing::info!("upstream {}", if ok { "answers" } else { "is silent" });
+        if !ok && self.failover.uplink() == Uplink::Nic {
+            self.failure_detected_at = Some(now);
+        }
+        self.peers.set_local_link(LinkFlags::new(self.nic_up == Some(true), ok), now);
+        let actions = self.failover.handle(now, Event::Upstream(ok));
         self.apply(now, actions);
     }
 
@@ -458,20 +511,19 @@ impl Daemon {
                     tracing::info!(uplink = %label, "path changed");
                     self.last_change = Some((now, label));
                 }
-                Action::Announce => self.announcer.trigger(now, &mut self.nl),
-                Action::SetCarrier(on) => {
-                    if self.carrier == Some(on) {
-                        continue;
+                Action::Announce => {
+                    if self.carrier_wanted == Some(true) && self.carrier != Some(true) {
+                        // The kernel drops what it sends without carrier: announce once the
+                        // link watcher has raised it.
+                        self.announce_pending = true;
+                    } else {
+                        self.announcer.trigger(now, &mut self.nl);
                     }
-                    match self.nl.set_carrier(self.ifindex, on) {
-                        Ok(()) => {
-                            tracing::info!(
-                                "kernel interface carrier {}",
-                                if on { "on" } else { "off" }
-                            );
-                            self.carrier = Some(on);
-                        }
-                        Err(e) => tracing::error!("{e}"),
+                }
+                Action::SetCarrier(on) => {
+                    if self.carrier_wanted != Some(on) {
+                        self.carrier_wanted = Some(on);
+                        self.linkwatch.set_kernel_carrier(on);
                     }
                 }
             }
@@ -647,6 +699,7 @@ impl Daemon {
             "failovers_total": self.failovers,
             "last_change": self.last_change.as_ref().map(|(t, l)| json!({"at_s": t.as_secs_f64(), "uplink": l})),
             "announcements_sent": self.announcer.sent,
+            "upstream_probe": self.upstream.as_ref().map(|p| json!({"ok": p.ok(), "sent": p.sent, "answered": p.answered})),
             "control_rejects": self.peers.rejects().total() + self.peers.rejected_source,
         })
     }

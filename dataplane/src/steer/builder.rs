@@ -110,6 +110,7 @@ pub struct MacTableBuilder {
     domains: BTreeMap<DomainId, DomainInfo>,
     /// Domains our NIC is not cabled to (reached only through peers).
     remote: std::collections::BTreeSet<DomainId>,
+    nic_mac: Option<MacAddr>,
     ethertypes: Vec<u16>,
     max_frame_len: usize,
     generation: u64,
@@ -130,6 +131,7 @@ impl MacTableBuilder {
             untagged: Some(DomainId(0)),
             domains: BTreeMap::new(),
             remote: std::collections::BTreeSet::new(),
+            nic_mac: None,
             ethertypes: DEFAULT_ETHERTYPES.to_vec(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             generation: 0,
@@ -377,6 +379,19 @@ impl MacTableBuilder {
         self
     }
 
+    /// Sets the NIC port's own MAC. Frames from the kernel side with this source MAC (the
+    /// upstream probe, which must test the NIC's path even while we are failed over) leave
+    /// by the NIC in domains it is cabled to, whatever the uplink. A unicast MAC only.
+    pub fn set_nic_mac(&mut self, mac: Option<MacAddr>) -> Result<&mut Self, TableError> {
+        if let Some(m) = mac {
+            if m.is_multicast() {
+                return Err(TableError::GroupMac { mac: m, domain: 0 });
+            }
+        }
+        self.nic_mac = mac;
+        Ok(self)
+    }
+
     pub fn build(&mut self) -> Box<MacTable> {
         self.generation += 1;
         let capacity = (self.entries.len() * 2)
@@ -391,6 +406,7 @@ impl MacTableBuilder {
             untagged: self.untagged.map_or(NO_DOMAIN, |d| d.0),
             domains: Box::new([]),
             nic_cabled: Box::new([]),
+            nic_mac: self.nic_mac.map_or(0, |m| m.to_u64()),
             ethertypes: [0; MAX_ETHERTYPES],
             max_frame_len: self.max_frame_len,
             generation: self.generation,

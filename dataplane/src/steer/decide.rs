@@ -126,6 +126,10 @@ fn from_lan(t: &MacTable, dom: &DomainInfo, c: &Classified, via: Option<SessionI
 /// A frame the local kernel sent.
 #[inline(always)]
 fn from_kernel(t: &MacTable, dom: &DomainInfo, c: &Classified) -> Decision {
+    if c.src == t.nic_mac && t.nic_mac != 0 && t.nic_cabled(c.domain) {
+        // The upstream probe, sent from the NIC port's own MAC: it tests the NIC's path.
+        return Decision::Nic;
+    }
     let up = dom.uplink;
     if c.is_group() {
         if c.is_link_local() {

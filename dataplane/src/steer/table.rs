@@ -83,6 +83,9 @@ pub struct MacTable {
     /// Per domain: whether this node's NIC is cabled to it (false for a domain reached only
     /// through peers). Indexed like `domains`; missing entries are cabled.
     pub(super) nic_cabled: Box<[bool]>,
+    /// The NIC port's own MAC as a 48-bit value (0: none). Frames the kernel side sends
+    /// from it (the upstream probe) leave by the NIC whatever the uplink.
+    pub(super) nic_mac: u64,
     /// Unused entries are 0, which is never an ethertype (it is an 802.3 length).
     pub(super) ethertypes: [u16; MAX_ETHERTYPES],
     pub(super) max_frame_len: usize,
@@ -193,6 +196,11 @@ impl MacTable {
             .get(usize::from(domain.0))
             .copied()
             .unwrap_or_default()
+    }
+
+    /// The NIC port's own MAC, if set.
+    pub fn nic_mac(&self) -> Option<MacAddr> {
+        (self.nic_mac != 0).then(|| MacAddr::from_u64(self.nic_mac))
     }
 
     /// Whether this node's NIC is cabled to `domain` (false only for domains marked as

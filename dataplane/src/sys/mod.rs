@@ -4,4 +4,3 @@ pub mod netlink;
 pub mod raw_socket;
 pub mod sched;
 pub mod signal;
-pub mod ifflags;

@@ -30,7 +30,6 @@ pub struct RawSocket {
     iface: String,
 }
 
-const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
 impl RawSocket {
     /// Opens a socket bound to `iface`. Frames the socket itself sends are not received back.
@@ -39,6 +38,12 @@ impl RawSocket {
     /// The interface does not exist (ENODEV), the caller lacks CAP_NET_RAW (EPERM), or the
     /// socket cannot be made.
     pub fn bind(iface: &str) -> Result<RawSocket, RawSocketError> {
+        Self::bind_protocol(iface, libc::ETH_P_ALL as u16)
+    }
+
+    /// Like [`bind`](Self::bind), but receives only frames of one ethertype (e.g.
+    /// `ETH_P_ARP`), so a listener for one protocol is not woken by every frame.
+    pub fn bind_protocol(iface: &str, ethertype: u16) -> Result<RawSocket, RawSocketError> {
         let err = |action, source| RawSocketError {
             action,
             iface: iface.to_owned(),
@@ -82,7 +87,7 @@ impl RawSocket {
         // Best effort: kernels before 4.20 lack it, and recv() filters outgoing frames anyway.
         let _ = sock.setsockopt(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
 
-        let addr = sock.sockaddr(ETH_P_ALL_BE);
+        let addr = sock.sockaddr(ethertype.to_be());
         // SAFETY: addr is a valid sockaddr_ll of the given length.
         let rc = unsafe {
             libc::bind(
