@@ -17,6 +17,10 @@ use crate::steer::SessionId;
 pub enum FabricIo {
     /// Kernel UDP sockets (IP over IB, or hosts without RDMA).
     Udp(UdpIo),
+    /// No fabric: nothing arrives, and a frame steered to a session is dropped as
+    /// `UnknownSession`. No system call at all, so a benchmark measures the NIC/kernel
+    /// forwarding loop alone (with `Udp`, every loop iteration pays one `recvmmsg`).
+    None,
 }
 
 impl FabricIo {
@@ -31,6 +35,7 @@ impl FabricIo {
     ) -> usize {
         match self {
             FabricIo::Udp(u) => u.rx_burst(out, sessions, tally),
+            FabricIo::None => 0,
         }
     }
 
@@ -39,6 +44,11 @@ impl FabricIo {
     pub fn tx(&mut self, session: SessionId, m: Mbuf, tally: &mut DropTally) -> (u64, u64) {
         match self {
             FabricIo::Udp(u) => u.tx(session, m, tally),
+            FabricIo::None => {
+                drop(m);
+                tally.count(DropReason::UnknownSession);
+                (0, 0)
+            }
         }
     }
 
@@ -47,6 +57,7 @@ impl FabricIo {
     pub fn flush(&mut self, tally: &mut DropTally) -> (u64, u64) {
         match self {
             FabricIo::Udp(u) => u.flush(tally),
+            FabricIo::None => (0, 0),
         }
     }
 }
