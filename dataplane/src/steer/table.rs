@@ -207,7 +207,10 @@ impl MacTable {
     /// reached through peers).
     #[inline(always)]
     pub fn nic_cabled(&self, domain: DomainId) -> bool {
-        self.nic_cabled.get(usize::from(domain.0)).copied().unwrap_or(true)
+        self.nic_cabled
+            .get(usize::from(domain.0))
+            .copied()
+            .unwrap_or(true)
     }
 
     /// The domain of a frame with outer VLAN id `vid` (`None` or 0 = untagged or
@@ -229,8 +232,14 @@ impl MacTable {
     #[inline(always)]
     pub fn accepts_ethertype(&self, et: u16) -> bool {
         // Unused list entries are 0; the bound check (802.3 lengths are below 0x0600) keeps
-        // a frame with length field 0 from matching them.
-        et >= ethertype::MIN_ETHERTYPE && self.ethertypes.contains(&et)
+        // a frame with length field 0 from matching them. A fold over the fixed-size array
+        // compiles to branch-free compares (`contains` was an out-of-line call, about 4% of
+        // the worker's time in the forwarding benchmark).
+        et >= ethertype::MIN_ETHERTYPE
+            && self
+                .ethertypes
+                .iter()
+                .fold(false, |hit, &x| hit | (x == et))
     }
 
     /// Largest frame accepted, in bytes (without FCS).
