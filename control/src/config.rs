@@ -81,8 +81,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This node's id, unique in its group: 1 to 63 characters of `A-Z a-z 0-9 . _ -`.
-    /// It names the node in the session protocol and in metrics.
+    /// This node's id, unique in its group: 1 to 63 characters of `A-Z a-z 0-9 . _ -`
+    /// (at most 55 with `fabric.backend = "verbs"`, where it travels in the rdma_cm
+    /// connect request). It names the node in the session protocol and in metrics.
     pub id: String,
     /// The group this node belongs to. Nodes proxy only for members of their own group.
     /// Same character set as `id`.
@@ -418,6 +419,16 @@ pub struct DataplaneConfig {
     /// its millisecond timers on a loaded machine; 0 leaves it at normal priority. Default 10.
     #[serde(default = "default_control_rt_priority")]
     pub control_rt_priority: u8,
+    /// A network namespace, by name (a file under /run/netns, as `ip netns add` makes), in
+    /// which the daemon opens its NIC, creates its kernel interface (the TAP or virtio-user
+    /// device appears there) and opens the netlink and packet sockets that watch and
+    /// announce them. The fabric (UDP sockets, rdma_cm, the RDMA device), the control
+    /// socket and the metrics endpoint stay in the namespace the daemon was started in.
+    /// Left out (the default): everything in the daemon's own namespace. For labs and
+    /// containers whose management NIC lives in another namespace than the fabric (Soft-RoCE
+    /// works only in the initial namespace). At most 255 bytes, no `/`, not `.` or `..`.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 impl Default for DataplaneConfig {
@@ -428,6 +439,7 @@ impl Default for DataplaneConfig {
             eal_args: Vec::new(),
             mbufs: default_mbufs(),
             control_rt_priority: default_control_rt_priority(),
+            netns: None,
         }
     }
 }

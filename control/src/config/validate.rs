@@ -21,6 +21,9 @@ pub(crate) const MAX_ID_LEN: usize = 63;
 pub(crate) const MAX_MACS: usize = 32;
 /// Shortest accepted session detection time (heartbeat × multiplier), in ms.
 pub(crate) const MIN_DETECTION_MS: u64 = 4;
+/// Longest node id with the verbs backend: the id is the private data of the rdma_cm
+/// connect request (`dataplane::verbs::CONNECT_PRIVATE_DATA_MAX`).
+pub(crate) const MAX_VERBS_ID_LEN: usize = 55;
 
 /// Builds a key path from string keys and integer indices: `path!["peers", 1, "id"]`.
 macro_rules! path {
@@ -200,6 +203,33 @@ fn fabric(c: &mut Checker, cfg: &Config) {
     if cfg.fabric.key_file.as_os_str().is_empty() {
         c.fail(path!["fabric", "key_file"], "must name the group key file");
     }
+    if cfg.fabric.backend == FabricBackend::Verbs && cfg.node.id.len() > MAX_VERBS_ID_LEN {
+        c.fail(
+            path!["node", "id"],
+            format!(
+                "with backend = \"verbs\" the node id travels in the rdma_cm connect request, which holds at most {MAX_VERBS_ID_LEN} bytes; {:?} has {}",
+                cfg.node.id,
+                cfg.node.id.len()
+            ),
+        );
+    }
+}
+
+/// Checks a network namespace name: a file name directly under /run/netns.
+fn check_netns_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name == "." || name == ".." {
+        return Err("may not be . or ..");
+    }
+    if name.contains(['/', '\0']) {
+        return Err("may not contain '/' or NUL");
+    }
+    if name.len() > 255 {
+        return Err("is longer than 255 bytes");
+    }
+    Ok(())
 }
 
 fn peers(c: &mut Checker, cfg: &Config) {
@@ -441,6 +471,14 @@ fn rest(c: &mut Checker, cfg: &Config) {
         0,
         99,
     );
+    if let Some(ns) = &cfg.dataplane.netns {
+        if let Err(why) = check_netns_name(ns) {
+            c.fail(
+                path!["dataplane", "netns"],
+                format!("network namespace name {ns:?} {why}"),
+            );
+        }
+    }
 
     if let Some(p) = &cfg.metrics.control_socket {
         if p.as_os_str().is_empty() {
@@ -454,5 +492,67 @@ fn rest(c: &mut Checker, cfg: &Config) {
                 "cannot listen on a multicast or broadcast address",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = r#"[node]
+id = "NODE"
+group = "g"
+[nic]
+devargs = "net_null0"
+[kernel]
+name = "mgmt0"
+macs = ["02:00:00:00:00:01"]
+[fabric]
+backend = "BACKEND"
+address = "10.0.0.1:4792"
+key_file = "k.key"
+[[peers]]
+id = "b"
+address = "10.0.0.2:4792"
+"#;
+
+    fn config(id: &str, backend: &str, extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "{}{extra}",
+            BASE.replace("NODE", id).replace("BACKEND", backend)
+        );
+        Config::from_str_named(&text, "t.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn netns_is_optional_and_checked() {
+        let cfg = config("a", "udp", "").expect("no netns");
+        assert_eq!(cfg.dataplane.netns, None);
+        let cfg = config("a", "udp", "[dataplane]\nnetns = \"node-a\"\n").expect("a name");
+        assert_eq!(cfg.dataplane.netns.as_deref(), Some("node-a"));
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("..", "may not be . or .."),
+            ("x/y", "may not contain '/'"),
+        ] {
+            let err =
+                config("a", "udp", &format!("[dataplane]\nnetns = \"{bad}\"\n")).expect_err(bad);
+            assert!(
+                err.contains("dataplane.netns: network namespace name") && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn verbs_node_ids_fit_the_connect_request() {
+        let long = "n".repeat(56);
+        config(&"n".repeat(55), "verbs", "").expect("55 bytes fit");
+        config(&long, "udp", "").expect("UDP has no such limit");
+        let err = config(&long, "verbs", "").expect_err("56 bytes");
+        assert!(
+            err.contains("node.id: with backend = \"verbs\"") && err.contains("at most 55 bytes"),
+            "{err}"
+        );
     }
 }

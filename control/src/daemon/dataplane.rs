@@ -1,5 +1,6 @@
-//! Brings up the dataplane for a node: EAL, packet pool, the NIC, the kernel exception port,
-//! the fabric's data socket, the steering table and the worker.
+//! Brings up the dataplane for a node: EAL, packet pool, the NIC, the kernel exception port
+//! (both inside `dataplane.netns` when set), the fabric (UDP socket, or the verbs device,
+//! its registration of the pool and its listener), the steering table and the worker.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use dataplane::fabric::udp::UdpFabric;
 use dataplane::steer::{
     table_channel, DomainId, DomainInfo, MacTableBuilder, SessionId, TablePublisher, Uplink,
 };
+use dataplane::sys::netns;
 use dataplane::wire::MacAddr;
 use dataplane::worker::{self, FabricIo, Polling, UdpIo, WorkerHandle, WorkerSetup};
 
@@ -30,6 +32,10 @@ pub struct Dataplane {
     publisher: TablePublisher,
     /// Which backend the kernel port uses.
     pub kernel_backend: KernelBackend,
+    /// With `fabric.backend = "verbs"`: control's side of the fabric, until the daemon
+    /// takes it.
+    #[cfg(feature = "verbs")]
+    pub verbs: Option<super::fabric_verbs::VerbsStart>,
     // Keeps EAL up until everything above is gone (declared last: dropped last).
     _eal: Eal,
 }
@@ -103,6 +109,12 @@ impl Dataplane {
         let eal = Eal::init(&eal_args(cfg))?;
         let pool = Mempool::new(&eal, "np-pool", cfg.dataplane.mbufs, 256, 2048 + 128)?;
 
+        // The NIC and the kernel interface live in dataplane.netns, if set; the fabric
+        // below stays in the namespace the daemon started in.
+        let ns = match &cfg.dataplane.netns {
+            Some(name) => Some(netns::enter(name)?),
+            None => None,
+        };
         let mut nic_cfg = PortConfig::new(pool.clone());
         nic_cfg.mtu = Some(cfg.nic.mtu);
         nic_cfg.promiscuous = true;
@@ -112,10 +124,15 @@ impl Dataplane {
         let mut k_cfg = PortConfig::new(pool.clone());
         k_cfg.mtu = Some(cfg.kernel.mtu);
         let kernel = Port::open(&kernel_devargs(cfg, kernel_backend), &k_cfg)?;
+        if let Some(ns) = ns {
+            ns.leave()?;
+        }
 
         let table = initial_table(cfg)?;
         let (publisher, reader) = table_channel(table_snapshot(&table), 8);
 
+        #[cfg(feature = "verbs")]
+        let mut verbs = None;
         let fabric = match cfg.fabric.backend {
             FabricBackend::Udp => {
                 let peers: Vec<(SessionId, IpAddr)> = cfg
@@ -127,9 +144,16 @@ impl Dataplane {
                 let sock = UdpFabric::bind(cfg.fabric.address, &peers)?;
                 FabricIo::Udp(UdpIo::new(sock, pool.clone()))
             }
+            #[cfg(feature = "verbs")]
+            FabricBackend::Verbs => {
+                let (io, start) = super::fabric_verbs::start_fabric(cfg, &pool)?;
+                verbs = Some(start);
+                FabricIo::Verbs(io)
+            }
+            #[cfg(not(feature = "verbs"))]
             FabricBackend::Verbs => {
                 return Err(DaemonError::Unsupported(
-                    "fabric.backend = \"verbs\" is not wired into the daemon yet; use \"udp\"",
+                    "fabric.backend = \"verbs\" needs nicproxy built with the verbs feature",
                 ))
             }
         };
@@ -156,6 +180,8 @@ impl Dataplane {
             table,
             publisher,
             kernel_backend,
+            #[cfg(feature = "verbs")]
+            verbs,
             _eal: eal,
         })
     }

@@ -41,49 +41,59 @@ impl LinkWatcher {
     /// kernel-backed vdevs), or `None` when the NIC's link comes from DPDK (polled by the
     /// control thread, no RTNL involved). Both sockets must already be in the right
     /// namespace.
-    pub fn start(mut nl: Netlink, nic_if: Option<u32>, kernel_if: u32, poll: Duration) -> std::io::Result<LinkWatcher> {
+    pub fn start(
+        mut nl: Netlink,
+        nic_if: Option<u32>,
+        kernel_if: u32,
+        poll: Duration,
+    ) -> std::io::Result<LinkWatcher> {
         let (cmd_tx, cmd_rx) = mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::channel();
-        std::thread::Builder::new().name("np-linkwatch".into()).spawn(move || {
-            let mut last = None;
-            loop {
+        std::thread::Builder::new()
+            .name("np-linkwatch".into())
+            .spawn(move || {
+                let mut last = None;
                 loop {
-                    match cmd_rx.try_recv() {
-                        Ok(Command::SetKernelCarrier(on)) => {
-                            let ev = match nl.set_carrier(kernel_if, on) {
-                                Ok(()) => LinkEvent::KernelCarrierSet(on),
-                                Err(e) => {
-                                    tracing::error!("{e}");
-                                    LinkEvent::Failed("setting the kernel interface's carrier")
+                    loop {
+                        match cmd_rx.try_recv() {
+                            Ok(Command::SetKernelCarrier(on)) => {
+                                let ev = match nl.set_carrier(kernel_if, on) {
+                                    Ok(()) => LinkEvent::KernelCarrierSet(on),
+                                    Err(e) => {
+                                        tracing::error!("{e}");
+                                        LinkEvent::Failed("setting the kernel interface's carrier")
+                                    }
+                                };
+                                if ev_tx.send(ev).is_err() {
+                                    return;
                                 }
-                            };
-                            if ev_tx.send(ev).is_err() {
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
+                    }
+                    if let Some(idx) = nic_if {
+                        let up = match nl.carrier(idx) {
+                            Ok(up) => up,
+                            Err(e) => {
+                                tracing::warn!("reading the NIC's carrier: {e}");
+                                false
+                            }
+                        };
+                        if last != Some(up) {
+                            last = Some(up);
+                            if ev_tx.send(LinkEvent::NicCarrier(up)).is_err() {
                                 return;
                             }
                         }
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => return,
                     }
+                    std::thread::sleep(poll);
                 }
-                if let Some(idx) = nic_if {
-                    let up = match nl.carrier(idx) {
-                        Ok(up) => up,
-                        Err(e) => {
-                            tracing::warn!("reading the NIC's carrier: {e}");
-                            false
-                        }
-                    };
-                    if last != Some(up) {
-                        last = Some(up);
-                        if ev_tx.send(LinkEvent::NicCarrier(up)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                std::thread::sleep(poll);
-            }
-        })?;
-        Ok(LinkWatcher { commands: cmd_tx, events: ev_rx })
+            })?;
+        Ok(LinkWatcher {
+            commands: cmd_tx,
+            events: ev_rx,
+        })
     }
 
     /// Asks for the kernel interface's carrier to be set; the result arrives as an event.

@@ -12,6 +12,8 @@
 
 mod announce;
 mod dataplane;
+#[cfg(feature = "verbs")]
+mod fabric_verbs;
 mod linkwatch;
 mod metrics;
 mod peers;
@@ -68,6 +70,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Entering or leaving `dataplane.netns` failed.
+    #[error(transparent)]
+    Netns(#[from] ::dataplane::sys::netns::NetnsError),
     /// A configured feature the daemon does not do yet.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -84,6 +89,16 @@ pub fn run_from_file(path: &Path) -> Result<(), DaemonError> {
     let mut d = Daemon::start(cfg, &key, path)?;
     let r = d.run();
     d.shutdown();
+    // The ports close where they were opened: af_packet and TAP reach their interfaces
+    // by name when they stop.
+    match d.cfg.dataplane.netns.clone() {
+        Some(ns) => {
+            if let Err(e) = ::dataplane::sys::netns::run_in(&ns, move || drop(d)) {
+                tracing::warn!("closing the ports in network namespace {ns}: {e}");
+            }
+        }
+        None => drop(d),
+    }
     r
 }
 
@@ -119,6 +134,12 @@ struct Daemon {
     scrape_rx: std::sync::mpsc::Receiver<metrics::ScrapeRequest>,
     /// When the path in use was found dead, until the new proxy acknowledges.
     failure_detected_at: Option<Duration>,
+    /// Per peer: whether the policy machines were told its session is up (the control
+    /// session and, with verbs, its QP).
+    session_up: Vec<bool>,
+    /// With `fabric.backend = "verbs"`: the peers' queue pairs.
+    #[cfg(feature = "verbs")]
+    verbs: Option<fabric_verbs::VerbsSessions>,
 }
 
 impl Daemon {
@@ -133,6 +154,7 @@ impl Daemon {
                 "the daemon runs one worker with one NIC queue for now: give at most one core in dataplane.cores and nic.queues = 1",
             ));
         }
+        #[cfg_attr(not(feature = "verbs"), allow(unused_mut))]
         let mut dp = Dataplane::start(&cfg)?;
         tracing::info!(
             node = %cfg.node.id,
@@ -141,6 +163,12 @@ impl Daemon {
             backend = ?dp.kernel_backend,
             "dataplane up"
         );
+        // The kernel interface and the NIC's netdev live in dataplane.netns, if set: so do
+        // the sockets that watch and announce them.
+        let ns = match &cfg.dataplane.netns {
+            Some(name) => Some(::dataplane::sys::netns::enter(name)?),
+            None => None,
+        };
         let ifindex = wait_for_interface(&cfg.kernel.name, Duration::from_secs(5))?;
         let mut nl = Netlink::open()?;
         let nic_if = match self::dataplane::kernel_backed_iface(&cfg.nic.devargs) {
@@ -149,11 +177,16 @@ impl Daemon {
         };
         // No path is chosen yet: the kernel sees no carrier until the first decision.
         nl.set_carrier(ifindex, false)?;
-        let linkwatch = linkwatch::LinkWatcher::start(Netlink::open()?, nic_if, ifindex, cfg.timers.link_poll())
-            .map_err(|e| DaemonError::Io {
-                action: "starting the link watcher thread".into(),
-                source: e,
-            })?;
+        let linkwatch = linkwatch::LinkWatcher::start(
+            Netlink::open()?,
+            nic_if,
+            ifindex,
+            cfg.timers.link_poll(),
+        )
+        .map_err(|e| DaemonError::Io {
+            action: "starting the link watcher thread".into(),
+            source: e,
+        })?;
         let mac = cfg
             .kernel
             .macs
@@ -179,7 +212,15 @@ impl Daemon {
             }
             None => None,
         };
+        if let Some(ns) = ns {
+            ns.leave()?;
+        }
         let peers = Peers::new(&cfg, key)?;
+        #[cfg(feature = "verbs")]
+        let verbs = match dp.verbs.take() {
+            Some(v) => Some(fabric_verbs::VerbsSessions::start(&cfg, v)?),
+            None => None,
+        };
         let failover = Failover::new(FailoverParams::for_local_domains(&cfg));
         let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
         let status_rx = status::serve(&cfg.control_socket())?;
@@ -187,6 +228,7 @@ impl Daemon {
         let metrics = metrics::Metrics::new(&cfg.node.id);
         let local_domains = cfg.local_domains().map(|d| DomainId(d.id)).collect();
         tracing::info!(proxies = ?cfg.proxy_order(), "control up");
+        let cfg_peers = cfg.peers.len();
         Ok(Daemon {
             config_path: path.to_path_buf(),
             cfg,
@@ -212,6 +254,9 @@ impl Daemon {
             metrics,
             scrape_rx,
             failure_detected_at: None,
+            session_up: vec![false; cfg_peers],
+            #[cfg(feature = "verbs")]
+            verbs,
         })
     }
 
@@ -245,6 +290,8 @@ impl Daemon {
             for e in events.drain(..) {
                 self.on_peer_event(now, e);
             }
+            #[cfg(feature = "verbs")]
+            self.poll_verbs(now);
             if self.failover.next_deadline().is_some_and(|d| d <= now) {
                 let actions = self.failover.handle(now, Event::Tick);
                 self.apply(now, actions);
@@ -274,7 +321,9 @@ impl Daemon {
             self.failover.next_deadline(),
             self.announcer.next_deadline(),
             Some(self.next_link_poll),
-            self.upstream.as_ref().map(upstream::UpstreamProbe::next_deadline),
+            self.upstream
+                .as_ref()
+                .map(upstream::UpstreamProbe::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -303,7 +352,9 @@ impl Daemon {
                         self.announcer.trigger(now, &mut self.nl);
                     }
                 }
-                linkwatch::LinkEvent::Failed(what) => tracing::error!("link watcher: {what} failed"),
+                linkwatch::LinkEvent::Failed(what) => {
+                    tracing::error!("link watcher: {what} failed")
+                }
             }
         }
         if !self.nic_link_from_watcher {
@@ -333,7 +384,8 @@ impl Daemon {
             }
         }
         let upstream_ok = self.upstream.as_ref().map_or(true, |p| p.ok());
-        self.peers.set_local_link(LinkFlags::new(up, upstream_ok), now);
+        self.peers
+            .set_local_link(LinkFlags::new(up, upstream_ok), now);
         let actions = self.failover.handle(now, Event::NicLink(up));
         self.apply(now, actions);
     }
@@ -343,14 +395,19 @@ impl Daemon {
         if !ok && self.failover.uplink() == Uplink::Nic {
             self.failure_detected_at = Some(now);
         }
-        self.peers.set_local_link(LinkFlags::new(self.nic_up == Some(true), ok), now);
+        self.peers
+            .set_local_link(LinkFlags::new(self.nic_up == Some(true), ok), now);
         let actions = self.failover.handle(now, Event::Upstream(ok));
         self.apply(now, actions);
     }
 
     fn on_peer_event(&mut self, now: Duration, e: PeerEvent) {
         match e {
+            PeerEvent::Up(i) if !self.qp_up(i) => {
+                tracing::info!(peer = %self.peers.peers[i].id, "session up; waiting for its QP");
+            }
             PeerEvent::Up(i) => {
+                self.session_up[i] = true;
                 let id = self.peers.peers[i].id.clone();
                 self.metrics.session_up.with_label_values(&[&id]).set(1);
                 let usable = self.peers.peers[i].link.usable();
@@ -368,6 +425,7 @@ impl Daemon {
                 self.apply(now, actions);
             }
             PeerEvent::Down(i) => {
+                self.session_up[i] = false;
                 let id = self.peers.peers[i].id.clone();
                 self.metrics.session_up.with_label_values(&[&id]).set(0);
                 if self.failover.uplink() == Uplink::Session(id.clone()) {
@@ -404,6 +462,45 @@ impl Daemon {
                     .observe(rtt.as_secs_f64());
             }
             PeerEvent::Message(i, msg) => self.on_message(now, i, msg),
+        }
+    }
+
+    /// Whether peer `i`'s data path exists: always with UDP; with verbs, its QP is up.
+    fn qp_up(&self, i: usize) -> bool {
+        #[cfg(feature = "verbs")]
+        if let Some(v) = &self.verbs {
+            return v.is_up(i);
+        }
+        let _ = i;
+        true
+    }
+
+    /// A session counts as up for the policy machines only while its control session and
+    /// its QP both are: QP changes go through the same paths as control-session changes.
+    #[cfg(feature = "verbs")]
+    fn poll_verbs(&mut self, now: Duration) {
+        let Some(v) = self.verbs.as_mut() else {
+            return;
+        };
+        let mut changes = Vec::new();
+        v.poll(&mut changes);
+        for c in changes {
+            match c {
+                fabric_verbs::QpChange::Up(i) => {
+                    if self.peers.peers[i].state == PeerState::Up && !self.session_up[i] {
+                        self.on_peer_event(now, PeerEvent::Up(i));
+                    }
+                }
+                fabric_verbs::QpChange::Down(i) if self.session_up[i] => {
+                    self.on_peer_event(now, PeerEvent::Down(i));
+                }
+                fabric_verbs::QpChange::Down(i) => {
+                    // Never reported up, but a client may have asked us to proxy over it.
+                    let id = self.peers.peers[i].id.clone();
+                    let pa = self.proxy.handle(ProxyEvent::SessionDown { peer: &id });
+                    self.apply_proxy(now, pa);
+                }
+            }
         }
     }
 
@@ -574,7 +671,10 @@ impl Daemon {
                         self.dp.publish();
                         changed = false;
                     }
-                    let macs: Vec<_> = macs.iter().map(|m| ::dataplane::wire::MacAddr(m.0)).collect();
+                    let macs: Vec<_> = macs
+                        .iter()
+                        .map(|m| ::dataplane::wire::MacAddr(m.0))
+                        .collect();
                     let sent = self.announcer.probe_from(&macs);
                     tracing::info!(%peer, sent, "announced the client's MACs from our NIC");
                 }
@@ -701,7 +801,16 @@ impl Daemon {
             "announcements_sent": self.announcer.sent,
             "upstream_probe": self.upstream.as_ref().map(|p| json!({"ok": p.ok(), "sent": p.sent, "answered": p.answered})),
             "control_rejects": self.peers.rejects().total() + self.peers.rejected_source,
+            "fabric_verbs": self.verbs_status(),
         })
+    }
+
+    fn verbs_status(&self) -> serde_json::Value {
+        #[cfg(feature = "verbs")]
+        if let Some(v) = &self.verbs {
+            return v.status_json();
+        }
+        serde_json::Value::Null
     }
 
     fn shutdown(&mut self) {
@@ -714,6 +823,12 @@ impl Daemon {
                 self.peers
                     .send(i, &Message::ProxyRelease(ProxyRelease { id }));
             }
+        }
+        // Control lets go of the QPs first, so the worker destroys them before it frees
+        // their mbufs.
+        #[cfg(feature = "verbs")]
+        if let Some(v) = self.verbs.as_mut() {
+            v.shutdown();
         }
         self.dp.stop();
         let _ = std::fs::remove_file(self.cfg.control_socket());

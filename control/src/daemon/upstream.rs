@@ -43,11 +43,16 @@ pub struct UpstreamProbe {
 
 impl UpstreamProbe {
     /// A probe sending from `nic_mac` through the kernel interface `iface`.
-    pub fn new(iface: &str, nic_mac: MacAddr, cfg: &UpstreamProbeConfig) -> Result<Self, super::DaemonError> {
-        let sock = RawSocket::bind_protocol(iface, ETH_P_ARP).map_err(|e| super::DaemonError::Io {
-            action: format!("opening the upstream probe's ARP socket on {iface}"),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    pub fn new(
+        iface: &str,
+        nic_mac: MacAddr,
+        cfg: &UpstreamProbeConfig,
+    ) -> Result<Self, super::DaemonError> {
+        let sock =
+            RawSocket::bind_protocol(iface, ETH_P_ARP).map_err(|e| super::DaemonError::Io {
+                action: format!("opening the upstream probe's ARP socket on {iface}"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let interval = Duration::from_millis(cfg.interval_ms);
         Ok(Self {
             sock,
@@ -105,7 +110,13 @@ impl UpstreamProbe {
 
     fn send(&mut self) {
         let mut frame = [0u8; 64];
-        let Ok(h) = write_header(&mut frame, MacAddr::BROADCAST, self.nic_mac, None, ETH_P_ARP) else {
+        let Ok(h) = write_header(
+            &mut frame,
+            MacAddr::BROADCAST,
+            self.nic_mac,
+            None,
+            ETH_P_ARP,
+        ) else {
             return;
         };
         let req = ArpRepr {
@@ -129,7 +140,9 @@ impl UpstreamProbe {
         let Some(arp) = frame.get(14..).and_then(|p| ArpPacket::new_checked(p).ok()) else {
             return false;
         };
-        arp.operation() == ArpOp::Reply && arp.sender_ip() == self.target && arp.target_mac() == self.nic_mac
+        arp.operation() == ArpOp::Reply
+            && arp.sender_ip() == self.target
+            && arp.target_mac() == self.nic_mac
     }
 
     /// When the next probe is due.

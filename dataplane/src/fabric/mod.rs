@@ -15,6 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 
 pub mod header;
 pub mod udp;
+#[cfg(all(feature = "dpdk", feature = "verbs"))]
+pub mod verbs;
 
 /// Names one peer session on the fabric: the same id the steering table uses, so a
 /// steering decision addresses the fabric without translation.

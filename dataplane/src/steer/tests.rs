@@ -1263,9 +1263,21 @@ fn upstream_probe_from_the_nic_mac_leaves_by_the_nic_whatever_the_uplink() {
     assert_eq!(t.nic_mac(), Some(NICMAC));
     // D0's uplink is the NIC, D2's is a proxy session, D3 has no path: the probe always
     // tests the NIC, except in D2, which the NIC is not cabled to.
-    assert_eq!(steer(&t, KERNEL, &frame(BCAST, NICMAC, Tags::Untagged)), Decision::Nic);
-    assert_eq!(steer(&t, KERNEL, &frame(LAN, NICMAC, Tags::Q(30))), Decision::Nic);
-    assert_ne!(steer(&t, KERNEL, &frame(LAN, NICMAC, Tags::QinQ(20, 1))), Decision::Nic);
+    assert_eq!(
+        steer(&t, KERNEL, &frame(BCAST, NICMAC, Tags::Untagged)),
+        Decision::Nic
+    );
+    assert_eq!(
+        steer(&t, KERNEL, &frame(LAN, NICMAC, Tags::Q(30))),
+        Decision::Nic
+    );
+    assert_ne!(
+        steer(&t, KERNEL, &frame(LAN, NICMAC, Tags::QinQ(20, 1))),
+        Decision::Nic
+    );
     // Other kernel frames still follow the uplink.
-    assert_eq!(steer(&t, KERNEL, &frame(LAN, LOCAL, Tags::Q(30))), Decision::Drop(DropReason::NoPath));
+    assert_eq!(
+        steer(&t, KERNEL, &frame(LAN, LOCAL, Tags::Q(30))),
+        Decision::Drop(DropReason::NoPath)
+    );
 }

@@ -30,7 +30,6 @@ pub struct RawSocket {
     iface: String,
 }
 
-
 impl RawSocket {
     /// Opens a socket bound to `iface`. Frames the socket itself sends are not received back.
     ///

@@ -3,8 +3,8 @@
 //! Receive is zero-copy into mbufs: the backend writes each datagram straight into the data
 //! room of a pre-allocated mbuf, and the data header is then stripped by moving the data
 //! offset. Send gathers the 4-byte data header and the mbuf's data without copying them in
-//! user space. The kernel copies for UDP; verbs (a later backend) sends from registered
-//! mbuf memory.
+//! user space. The kernel copies for UDP; verbs ([`crate::fabric::verbs`]) sends from the
+//! registered mbuf memory itself.
 
 use crate::counters::{DropReason, DropTally};
 use crate::dpdk::{Burst, Mbuf, Mempool, BURST_SIZE};
@@ -17,6 +17,9 @@ use crate::steer::SessionId;
 pub enum FabricIo {
     /// Kernel UDP sockets (IP over IB, or hosts without RDMA).
     Udp(UdpIo),
+    /// RC queue pairs sharing one completion queue, zero copy from and into mbufs.
+    #[cfg(feature = "verbs")]
+    Verbs(crate::fabric::verbs::VerbsIo),
     /// No fabric: nothing arrives, and a frame steered to a session is dropped as
     /// `UnknownSession`. No system call at all, so a benchmark measures the NIC/kernel
     /// forwarding loop alone (with `Udp`, every loop iteration pays one `recvmmsg`).
@@ -35,6 +38,8 @@ impl FabricIo {
     ) -> usize {
         match self {
             FabricIo::Udp(u) => u.rx_burst(out, sessions, tally),
+            #[cfg(feature = "verbs")]
+            FabricIo::Verbs(v) => v.rx_burst(out, sessions, tally),
             FabricIo::None => 0,
         }
     }
@@ -44,6 +49,8 @@ impl FabricIo {
     pub fn tx(&mut self, session: SessionId, m: Mbuf, tally: &mut DropTally) -> (u64, u64) {
         match self {
             FabricIo::Udp(u) => u.tx(session, m, tally),
+            #[cfg(feature = "verbs")]
+            FabricIo::Verbs(v) => v.tx(session, m, tally),
             FabricIo::None => {
                 drop(m);
                 tally.count(DropReason::UnknownSession);
@@ -57,6 +64,8 @@ impl FabricIo {
     pub fn flush(&mut self, tally: &mut DropTally) -> (u64, u64) {
         match self {
             FabricIo::Udp(u) => u.flush(tally),
+            #[cfg(feature = "verbs")]
+            FabricIo::Verbs(v) => v.flush(tally),
             FabricIo::None => (0, 0),
         }
     }

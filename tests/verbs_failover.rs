@@ -1,0 +1,999 @@
+//! A failover end to end with the real daemon: two nodes `a` and `b`, each with its NIC (a
+//! veth to a Linux bridge, the management switch) and its kernel interface `mgmt0` in its
+//! own network namespace (`dataplane.netns`), and a station on the bridge that pings `a`.
+//! Cutting `a`'s switch port must move `a`'s MAC in the bridge's FDB to `b`'s port while the
+//! ping goes on through `b` and the fabric; restoring it must bring both back; killing `b`
+//! while `a` depends on it must take `a`'s carrier away, and restarting `b` must give it
+//! back.
+//!
+//! - `verbs_failover_in_soft_roce_guest` runs it with `fabric.backend = "verbs"`: the host
+//!   has no RDMA, so it boots the Soft-RoCE lab guest (tests/lab/vm.sh) and runs this
+//!   binary's ignored `inner_verbs_failover` there. The daemons stay in the guest's initial
+//!   namespace, where rxe works, with fabric addresses on rxe_a/rxe_b (10.99.0.1/2), and
+//!   the frames between `b`'s NIC and `a` travel over an RC queue pair.
+//! - `udp_failover_with_netns_on_host` runs the same scenario on the host with the UDP
+//!   fabric over loopback (127.0.1.1/2): a quick check of the daemon, `dataplane.netns`
+//!   and the UDP path, without a guest.
+//!
+//! Both need root (namespaces, DPDK); without it they say so and pass.
+
+mod common_vm;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const NICPROXY: &str = env!("CARGO_BIN_EXE_nicproxy");
+const MAC_A: &str = "02:00:00:88:00:01";
+const MAC_B: &str = "02:00:00:88:00:02";
+const IP_A: &str = "10.88.0.1";
+const IP_B: &str = "10.88.0.2";
+const IP_STATION: &str = "10.88.0.100";
+
+#[test]
+fn verbs_failover_in_soft_roce_guest() {
+    if !is_root() {
+        eprintln!("skipped: the lab guest needs root");
+        return;
+    }
+    let run = common_vm::run_own_ignored_tests(
+        "inner_verbs_failover",
+        &["inner_verbs_failover"],
+        Duration::from_secs(1500),
+    );
+    println!("--- summary ---");
+    for line in run.stdout.lines().chain(run.stderr.lines()) {
+        if let Some(at) = line.find("RESULT ").or_else(|| line.find("vm.sh: timing")) {
+            println!("{}", &line[at..]);
+        }
+    }
+    println!(
+        "guest run, boot included: {:.1} s host wall time",
+        run.wall.as_secs_f64()
+    );
+}
+
+#[test]
+#[ignore = "needs RDMA: runs inside the lab guest"]
+fn inner_verbs_failover() {
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is unset: this runs inside the lab guest (cargo test --test verbs_failover boots it)")
+        })
+    };
+    let ip = |k: &str| var(k).parse::<IpAddr>().expect("lab IP address");
+    // The guest's kernel has tun as a module, and the lab set-up does not load it.
+    if !Path::new("/dev/net/tun").exists() {
+        run(&["modprobe", "tun"], None);
+    }
+    Scenario::run(Fabric::Verbs {
+        a: SocketAddr::new(ip("NICPROXY_IP_A"), 7471),
+        b: SocketAddr::new(ip("NICPROXY_IP_B"), 7471),
+    });
+}
+
+#[test]
+fn udp_failover_with_netns_on_host() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces, DPDK)");
+        return;
+    }
+    let port = 30_000 + (std::process::id() % 10_000) as u16 * 2;
+    Scenario::run(Fabric::Udp {
+        a: SocketAddr::from((Ipv4Addr::new(127, 0, 1, 1), port)),
+        b: SocketAddr::from((Ipv4Addr::new(127, 0, 1, 2), port)),
+    });
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+// ------------------------------------------------------------------------------ the lab
+
+#[derive(Clone, Copy, Debug)]
+enum Fabric {
+    Verbs { a: SocketAddr, b: SocketAddr },
+    Udp { a: SocketAddr, b: SocketAddr },
+}
+
+impl Fabric {
+    fn name(self) -> &'static str {
+        match self {
+            Fabric::Verbs { .. } => "verbs",
+            Fabric::Udp { .. } => "udp",
+        }
+    }
+
+    fn addrs(self) -> (SocketAddr, SocketAddr) {
+        match self {
+            Fabric::Verbs { a, b } | Fabric::Udp { a, b } => (a, b),
+        }
+    }
+
+    fn is_verbs(self) -> bool {
+        matches!(self, Fabric::Verbs { .. })
+    }
+}
+
+/// Runs a command; its stdout, or a panic naming the command and its stderr.
+fn run(cmd: &[&str], stdin: Option<&str>) -> String {
+    let mut c = Command::new(cmd[0]);
+    c.args(&cmd[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    if let Some(text) = stdin {
+        let mut w = child.stdin.take().expect("piped stdin");
+        w.write_all(text.as_bytes()).expect("writing stdin");
+    }
+    let out = child.wait_with_output().expect("waiting for a command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        stdin.map(|s| format!("\ninput:\n{s}")).unwrap_or_default()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Namespaces, a temp directory and daemons, torn down on drop (also when a check fails).
+struct Lab {
+    ns_a: String,
+    ns_b: String,
+    ns_sw: String,
+    ns_st: String,
+    dir: PathBuf,
+    daemons: [Option<Daemon>; 2],
+    pings: Vec<Pinger>,
+    made_ns: Vec<String>,
+    /// `bridge monitor fdb` on the switch, its lines with the time they arrived.
+    fdb_monitor: Option<Child>,
+    fdb_log: Option<Arc<Mutex<Vec<String>>>>,
+    /// tcpdump on the switch ports (with NICPROXY_DUMP_LOGS).
+    captures: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.pings.clear();
+        if let Some(mut m) = self.fdb_monitor.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+        for d in self.daemons.iter_mut().flatten() {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+        }
+        for mut c in self.captures.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if thread::panicking() || std::env::var_os("NICPROXY_DUMP_LOGS").is_some() {
+            for port in ["pa", "pb"] {
+                if let Ok(text) = std::fs::read_to_string(self.dir.join(format!("{port}.pcap.txt")))
+                {
+                    eprintln!("--- frames of a's MAC on {port} ---\n{text}");
+                }
+            }
+            if let Some(m) = &self.fdb_log {
+                eprintln!(
+                    "--- bridge FDB events ---\n{}",
+                    m.lock().expect("fdb log").join("\n")
+                );
+            }
+            for d in self.daemons.iter().flatten() {
+                eprintln!(
+                    "--- log of daemon {} (last 60 lines) ---\n{}",
+                    d.node,
+                    d.log_tail(60)
+                );
+            }
+        }
+        for ns in &self.made_ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if std::env::var_os("NICPROXY_KEEP_LAB").is_some() {
+            eprintln!("kept {} (NICPROXY_KEEP_LAB)", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+struct Daemon {
+    node: &'static str,
+    child: Child,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// One `nicproxy status` answer, or why there is none.
+fn status(socket: &Path) -> Result<Value, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"status\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))
+}
+
+fn port<'a>(st: &'a Value, name: &str) -> &'a Value {
+    st["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["port"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn counter(st: &Value, port_name: &str, key: &str) -> u64 {
+    port(st, port_name)[key].as_u64().unwrap_or(0)
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A ping from the station to `a`, its replies collected with their receive times.
+struct Pinger {
+    child: Child,
+    replies: Arc<Mutex<Vec<(f64, u64)>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    fn start(ns: &str, target: &str, size: u32, interval: &str) -> Pinger {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-D", "-n", "-i", interval])
+            .args(["-s", &size.to_string(), target])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting ping");
+        let out = child.stdout.take().expect("piped stdout");
+        let replies = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&replies);
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                // "[1700000000.123456] 64 bytes from 10.88.0.1: icmp_seq=5 ttl=64 time=1.2 ms"
+                if !line.contains("bytes from") {
+                    continue;
+                }
+                let ts = line
+                    .strip_prefix('[')
+                    .and_then(|l| l.split(']').next())
+                    .and_then(|t| t.parse::<f64>().ok());
+                let seq = line
+                    .split("icmp_seq=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<u64>().ok());
+                if let (Some(ts), Some(seq)) = (ts, seq) {
+                    sink.lock().expect("replies").push((ts, seq));
+                }
+            }
+        });
+        Pinger {
+            child,
+            replies,
+            reader: Some(reader),
+        }
+    }
+
+    /// Replies received after `since` (seconds since the epoch).
+    fn replies_after(&self, since: f64) -> usize {
+        let r = self.replies.lock().expect("replies");
+        r.iter().filter(|(t, _)| *t > since).count()
+    }
+
+    /// The longest gap between consecutive replies received in `[from, to]`, counting
+    /// from `from` (so an outage that starts at `from` is measured).
+    fn longest_gap(&self, from: f64, to: f64) -> f64 {
+        let r = self.replies.lock().expect("replies");
+        let mut last = from;
+        let mut gap: f64 = 0.0;
+        for (t, _) in r.iter().filter(|(t, _)| *t > from && *t <= to) {
+            gap = gap.max(t - last);
+            last = *t;
+        }
+        gap
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+// ----------------------------------------------------------------------------- scenario
+
+struct Scenario {
+    lab: Lab,
+    fabric: Fabric,
+    key: PathBuf,
+    metrics_base: u16,
+    restarts: u32,
+    /// Start of the FDB log's clock.
+    t0: f64,
+}
+
+impl Scenario {
+    fn run(fabric: Fabric) {
+        let t_start = Instant::now();
+        let pid = std::process::id();
+        let tag = format!("{}{pid}", if fabric.is_verbs() { "v" } else { "u" });
+        let dir = std::env::temp_dir().join(format!("nicproxy-vfab-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let lab = Lab {
+            ns_a: format!("vfa{tag}"),
+            ns_b: format!("vfb{tag}"),
+            ns_sw: format!("vfs{tag}"),
+            ns_st: format!("vft{tag}"),
+            dir,
+            daemons: [None, None],
+            pings: Vec::new(),
+            made_ns: Vec::new(),
+            fdb_monitor: None,
+            fdb_log: None,
+            captures: Vec::new(),
+        };
+        let mut s = Scenario {
+            key: lab.dir.join("group.key"),
+            lab,
+            fabric,
+            metrics_base: 20_000 + (pid % 10_000) as u16 * 2,
+            restarts: 0,
+            t0: 0.0,
+        };
+        s.build_topology();
+        s.write_configs();
+        println!(
+            "RESULT [{}] topology and configs ready in {:.2} s",
+            fabric.name(),
+            t_start.elapsed().as_secs_f64()
+        );
+        s.scenario(t_start);
+    }
+
+    fn build_topology(&mut self) {
+        let l = &mut self.lab;
+        let (a, b, sw, st) = (
+            l.ns_a.clone(),
+            l.ns_b.clone(),
+            l.ns_sw.clone(),
+            l.ns_st.clone(),
+        );
+        for ns in [&a, &b, &sw, &st] {
+            run(&["ip", "netns", "add", ns], None);
+            l.made_ns.push(ns.clone());
+        }
+        // One `ip -batch` per namespace: every exec costs a lot under the guest's TCG.
+        run(
+            &["ip", "-batch", "-"],
+            Some(&format!(
+                "link add name nic netns {a} type veth peer name pa netns {sw}\n\
+                 link add name nic netns {b} type veth peer name pb netns {sw}\n\
+                 link add name st0 netns {st} type veth peer name ps netns {sw}\n"
+            )),
+        );
+        run(
+            &["ip", "-n", &sw, "-batch", "-"],
+            Some(
+                "link add br0 type bridge\n\
+                 link set pa master br0\nlink set pb master br0\nlink set ps master br0\n\
+                 link set lo up\nlink set br0 up\nlink set pa up\nlink set pb up\nlink set ps up\n",
+            ),
+        );
+        for ns in [&a, &b] {
+            run(
+                &["ip", "-n", ns, "-batch", "-"],
+                Some("link set lo up\nlink set nic up\n"),
+            );
+        }
+        run(
+            &["ip", "-n", &st, "-batch", "-"],
+            Some(&format!(
+                "link set lo up\naddr add {IP_STATION}/24 dev st0\nlink set st0 up\n"
+            )),
+        );
+        let mut mon = Command::new("bridge")
+            .args(["-n", &sw, "monitor", "fdb"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting bridge monitor");
+        let out = mon.stdout.take().expect("piped stdout");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let t0 = epoch();
+        self.t0 = t0;
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock()
+                    .expect("fdb log")
+                    .push(format!("{:9.3} {line}", epoch() - t0));
+            }
+        });
+        l.fdb_monitor = Some(mon);
+        l.fdb_log = Some(log);
+        if std::env::var_os("NICPROXY_DUMP_LOGS").is_some() {
+            // Every frame a's MAC sends or receives on the switch ports, for the dump.
+            for port in ["pa", "pb"] {
+                let file = std::fs::File::create(l.dir.join(format!("{port}.pcap.txt")))
+                    .expect("capture file");
+                let cap = Command::new("ip")
+                    .args([
+                        "netns", "exec", &sw, "tcpdump", "-l", "-n", "-e", "-tt", "-i", port,
+                    ])
+                    .args(["ether", "host", MAC_A])
+                    .stdout(file)
+                    .stderr(Stdio::null())
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("starting tcpdump");
+                l.captures.push(cap);
+            }
+        }
+    }
+
+    fn write_configs(&self) {
+        std::fs::write(&self.key, "5a".repeat(32)).expect("key");
+        let mut perm = std::fs::metadata(&self.key).expect("key").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+        std::fs::set_permissions(&self.key, perm).expect("key mode");
+        let (fa, fb) = self.fabric.addrs();
+        for (node, peer, mac, ns, own, other, k) in [
+            ("a", "b", MAC_A, &self.lab.ns_a, fa, fb, 0u16),
+            ("b", "a", MAC_B, &self.lab.ns_b, fb, fa, 1u16),
+        ] {
+            let text = format!(
+                "[node]\nid = \"{node}\"\ngroup = \"lab\"\n\n\
+                 [nic]\ndevargs = \"net_af_packet0,iface=nic\"\n\n\
+                 [kernel]\nname = \"mgmt0\"\nmacs = [\"{mac}\"]\nbackend = \"tap\"\n\n\
+                 [fabric]\nbackend = \"{backend}\"\naddress = \"{own}\"\nkey_file = \"group.key\"\n\n\
+                 [[peers]]\nid = \"{peer}\"\naddress = \"{other}\"\n\n\
+                 [failover]\nproxies = [\"{peer}\"]\nfailback = \"always\"\nhold_down_ms = 300\n\n\
+                 [timers]\nheartbeat_ms = 20\nmultiplier = 5\nconnect_timeout_ms = 2000\n\n\
+                 [dataplane]\npolling = \"adaptive\"\neal_args = [\"--no-huge\", \"-m\", \"256\"]\nnetns = \"{ns}\"\n\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics}\"\ncontrol_socket = \"{node}.sock\"\n",
+                backend = self.fabric.name(),
+                metrics = self.metrics_base + k,
+            );
+            let path = self.lab.dir.join(format!("{node}.toml"));
+            std::fs::write(&path, text).expect("config");
+            let out = run(
+                &[NICPROXY, "check-config", path.to_str().expect("utf-8")],
+                None,
+            );
+            assert!(out.contains("ok"), "{out}");
+        }
+    }
+
+    fn start(&mut self, k: usize) {
+        let node = ["a", "b"][k];
+        let config = self.lab.dir.join(format!("{node}.toml"));
+        let log = self.lab.dir.join(format!("{node}-{}.log", self.restarts));
+        self.restarts += 1;
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(NICPROXY)
+            .args(["run", "--config", config.to_str().expect("utf-8")])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("starting nicproxy");
+        self.lab.daemons[k] = Some(Daemon {
+            node,
+            child,
+            socket: self.lab.dir.join(format!("{node}.sock")),
+            config,
+            log,
+        });
+    }
+
+    /// Notes a step of the scenario in the FDB event log, to read the two together.
+    fn mark(&self, what: &str) {
+        if let Some(log) = &self.lab.fdb_log {
+            log.lock()
+                .expect("fdb log")
+                .push(format!("{:9.3} === {what}", epoch() - self.t0));
+        }
+    }
+
+    fn daemon(&self, k: usize) -> &Daemon {
+        self.lab.daemons[k].as_ref().expect("daemon running")
+    }
+
+    fn status(&mut self, k: usize) -> Value {
+        let d = self.lab.daemons[k].as_mut().expect("daemon running");
+        if let Ok(Some(exit)) = d.child.try_wait() {
+            panic!(
+                "daemon {} exited ({exit}); config {}; log:\n{}",
+                d.node,
+                d.config.display(),
+                d.log_tail(40)
+            );
+        }
+        status(&d.socket).unwrap_or(Value::Null)
+    }
+
+    fn wait_status(
+        &mut self,
+        k: usize,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> (Value, Duration) {
+        let t0 = Instant::now();
+        loop {
+            let st = self.status(k);
+            if !st.is_null() && f(&st) {
+                return (st, t0.elapsed());
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for daemon {}: {what}; last status: {st:#}",
+                self.daemon(k).node
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The bridge port `mac` is learnt on, if any.
+    fn fdb_port(&self, mac: &str) -> Option<String> {
+        let out = run(
+            &["bridge", "-n", &self.lab.ns_sw, "fdb", "show", "br", "br0"],
+            None,
+        );
+        out.lines()
+            .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|x| *x == "dev")
+                    .and_then(|_| w.next())
+                    .map(str::to_owned)
+            })
+    }
+
+    /// Where do a's frames go when the FDB does not follow a failback? Prints a's port
+    /// counters now and at the failback, and the kernel's view of the wire.
+    fn diagnose_failback(&mut self, at_nic: &Value) {
+        let now = self.status(0);
+        let b = self.status(1);
+        eprintln!(
+            "DIAG failback: FDB still not on pa 2 s after the restore\n\
+             a ports at failback: {}\na ports now: {}\na drops now: {}\nb drops now: {}\nb clients: {}",
+            at_nic["ports"], now["ports"], now["drops"], b["drops"], b["clients"]
+        );
+        let ns_a = self.lab.ns_a.clone();
+        let ns_sw = self.lab.ns_sw.clone();
+        for (ns, dev) in [
+            (&ns_a, "nic"),
+            (&ns_a, "mgmt0"),
+            (&ns_sw, "pa"),
+            (&ns_sw, "pb"),
+        ] {
+            let out = run(
+                &["ip", "-n", ns, "-s", "-o", "link", "show", "dev", dev],
+                None,
+            );
+            eprintln!("DIAG {dev}: {}", out.trim());
+        }
+    }
+
+    fn kernel_carrier(&self, ns: &str) -> bool {
+        let out = run(
+            &["ip", "-n", ns, "-o", "link", "show", "dev", "mgmt0"],
+            None,
+        );
+        !out.contains("NO-CARRIER")
+    }
+
+    fn qp_up(st: &Value) -> bool {
+        st["fabric_verbs"]["sessions"][0]["qp"] == "up"
+    }
+
+    fn scenario(mut self, t_start: Instant) {
+        let fab = self.fabric.name();
+        let long = Duration::from_secs(60);
+
+        // --- both daemons up, a on its NIC, its kernel interface addressed
+        self.start(0);
+        self.start(1);
+        for k in 0..2 {
+            self.wait_status(
+                k,
+                "session (and QP) up, uplink nic, carrier on",
+                long,
+                |st| st["uplink"] == "nic" && st["carrier"] == true,
+            );
+        }
+        let verbs = self.fabric.is_verbs();
+        let (st_a, _) = self.wait_status(0, "session with b up (and its QP)", long, |st| {
+            st["sessions"][0]["state"] == "up" && (!verbs || Self::qp_up(st))
+        });
+        if self.fabric.is_verbs() {
+            assert!(Self::qp_up(&st_a), "{st_a:#}");
+            assert_eq!(st_a["fabric_verbs"]["sessions"][0]["role"], "connect");
+            let st_b = self.status(1);
+            assert_eq!(st_b["fabric_verbs"]["sessions"][0]["role"], "accept");
+            assert!(Self::qp_up(&st_b), "{st_b:#}");
+        }
+        println!(
+            "RESULT [{fab}] daemons up, sessions{} up, both on their NICs: {:.2} s after start",
+            if self.fabric.is_verbs() {
+                " and QPs"
+            } else {
+                ""
+            },
+            t_start.elapsed().as_secs_f64()
+        );
+        for (ns, ip) in [(self.lab.ns_a.clone(), IP_A), (self.lab.ns_b.clone(), IP_B)] {
+            run(
+                &["ip", "-n", &ns, "-batch", "-"],
+                Some(&format!("addr add {ip}/24 dev mgmt0\nlink set mgmt0 up\n")),
+            );
+        }
+        let st = self.lab.ns_st.clone();
+        self.lab.pings.push(Pinger::start(&st, IP_A, 56, "0.05"));
+        // Big frames: more than any inline limit, so they cross the fabric zero copy.
+        self.lab.pings.push(Pinger::start(&st, IP_A, 1200, "0.2"));
+        let now = epoch() - 0.001;
+        wait_for("ping replies from a through its NIC", long, || {
+            (self.lab.pings[0].replies_after(now) >= 3 && self.lab.pings[1].replies_after(now) >= 1)
+                .then_some(())
+        });
+        wait_for("a's MAC on a's switch port", long, || {
+            (self.fdb_port(MAC_A).as_deref() == Some("pa")).then_some(())
+        });
+
+        // --- cut a's switch port: failover to b
+        let (baseline, _) = self.wait_status(0, "baseline", long, |_| true);
+        let fab_tx0 = counter(&baseline, "fabric", "tx_packets");
+        let fab_rx0 = counter(&baseline, "fabric", "rx_packets");
+        let pool_up = baseline["mempool_in_use"].as_u64().unwrap_or(0);
+        let cut_at = epoch();
+        let t_cut = Instant::now();
+        self.mark("cut");
+        run(
+            &[
+                "ip",
+                "-n",
+                &self.lab.ns_sw.clone(),
+                "link",
+                "set",
+                "pa",
+                "down",
+            ],
+            None,
+        );
+        self.wait_status(0, "uplink proxy:b after the cut", long, |st| {
+            st["uplink"] == "proxy:b"
+        });
+        let to_proxy = t_cut.elapsed();
+        wait_for("a's MAC on b's switch port", long, || {
+            (self.fdb_port(MAC_A).as_deref() == Some("pb")).then_some(())
+        });
+        let to_fdb = t_cut.elapsed();
+        wait_for("ping replies through b", long, || {
+            (self.lab.pings[0].replies_after(cut_at) >= 1).then_some(())
+        });
+        let ping_back = t_cut.elapsed();
+        wait_for("more ping replies through b, big ones too", long, || {
+            (self.lab.pings[0].replies_after(cut_at) >= 5
+                && self.lab.pings[1].replies_after(cut_at) >= 2)
+                .then_some(())
+        });
+        thread::sleep(Duration::from_secs(1));
+        let after = self.status(0);
+        let st_b = self.status(1);
+        let tx = counter(&after, "fabric", "tx_packets") - fab_tx0;
+        let rx = counter(&after, "fabric", "rx_packets") - fab_rx0;
+        let tx_bytes =
+            counter(&after, "fabric", "tx_bytes") - counter(&baseline, "fabric", "tx_bytes");
+        assert!(
+            tx >= 10 && rx >= 10,
+            "a's fabric carried too little after the failover: tx {tx}, rx {rx}\n{after:#}"
+        );
+        assert!(
+            tx_bytes >= 1200,
+            "no big frame went over the fabric: {tx_bytes} bytes in {tx} frames"
+        );
+        assert!(counter(&st_b, "fabric", "rx_packets") >= 10, "{st_b:#}");
+        assert_eq!(st_b["clients"][0]["peer"], "a", "{st_b:#}");
+        if self.fabric.is_verbs() {
+            assert!(Self::qp_up(&after), "{after:#}");
+        }
+        let gap = self.lab.pings[0].longest_gap(cut_at, epoch());
+        println!(
+            "RESULT [{fab}] failover (seen by polling every 20 ms + a status/bridge call): uplink proxy:b \
+             {:.0} ms after the cut, FDB on b's port by {:.0} ms, first ping reply through b by {:.0} ms; \
+             longest gap between ping replies {:.0} ms (20 pings/s)",
+            to_proxy.as_secs_f64() * 1e3,
+            to_fdb.as_secs_f64() * 1e3,
+            ping_back.as_secs_f64() * 1e3,
+            gap * 1e3
+        );
+        println!(
+            "RESULT [{fab}] over the fabric since the cut: a sent {tx} frames ({tx_bytes} B incl. headers), \
+             received {rx}; b received {}",
+            counter(&st_b, "fabric", "rx_packets")
+        );
+        let log = std::fs::read_to_string(&self.daemon(0).log).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("failover complete in"))
+        {
+            let at = line.find("failover complete").unwrap_or(0);
+            println!("RESULT [{fab}] a's log: {}", &line[at..]);
+        }
+        // 200 pings of 1000 B offered at 100/s, each waited for up to 10 s: a rate and a
+        // loss figure that do not depend on how late the last replies are.
+        let t_burst = Instant::now();
+        let burst = run(
+            &[
+                "ip", "netns", "exec", &st, "ping", "-q", "-c", "200", "-i", "0.01", "-W", "10",
+                "-s", "1000", IP_A,
+            ],
+            None,
+        );
+        let t_burst = t_burst.elapsed().as_secs_f64();
+        for line in burst
+            .lines()
+            .filter(|l| l.contains("transmitted") || l.contains("rtt"))
+        {
+            println!(
+                "RESULT [{fab}] 200 pings of 1000 B at 100/s through b and the fabric ({t_burst:.1} s): {line}"
+            );
+        }
+        let (da, db) = (self.status(0), self.status(1));
+        println!(
+            "RESULT [{fab}] drops so far: a {} / b {}; fabric a tx {} rx {}, b tx {} rx {}",
+            da["drops"],
+            db["drops"],
+            counter(&da, "fabric", "tx_packets"),
+            counter(&da, "fabric", "rx_packets"),
+            counter(&db, "fabric", "tx_packets"),
+            counter(&db, "fabric", "rx_packets")
+        );
+
+        // --- restore: failback to the NIC
+        let back_at = epoch();
+        self.mark("restore");
+        let t_restore = Instant::now();
+        run(
+            &[
+                "ip",
+                "-n",
+                &self.lab.ns_sw.clone(),
+                "link",
+                "set",
+                "pa",
+                "up",
+            ],
+            None,
+        );
+        let (_, to_nic) = self.wait_status(0, "uplink nic after the restore", long, |st| {
+            st["uplink"] == "nic"
+        });
+        self.mark("a reports uplink nic");
+        let at_nic = self.status(0);
+        let mut diagnosed = false;
+        let (_, to_fdb) = wait_for("a's MAC back on a's switch port", long, || {
+            let done = self.fdb_port(MAC_A).as_deref() == Some("pa");
+            if !done && !diagnosed && t_restore.elapsed() > Duration::from_secs(2) {
+                diagnosed = true;
+                self.diagnose_failback(&at_nic);
+            }
+            done.then_some(())
+        });
+        wait_for("ping replies after the failback", long, || {
+            (self.lab.pings[0].replies_after(back_at + to_nic.as_secs_f64()) >= 3).then_some(())
+        });
+        println!(
+            "RESULT [{fab}] failback: uplink nic {:.0} ms after the restore (hold-down 300 ms), FDB back after {:.0} ms more",
+            to_nic.as_secs_f64() * 1e3,
+            to_fdb.as_secs_f64() * 1e3
+        );
+
+        // --- cut again, then kill b: no path left, a's carrier goes
+        self.mark("second cut");
+        run(
+            &[
+                "ip",
+                "-n",
+                &self.lab.ns_sw.clone(),
+                "link",
+                "set",
+                "pa",
+                "down",
+            ],
+            None,
+        );
+        self.wait_status(0, "uplink proxy:b after the second cut", long, |st| {
+            st["uplink"] == "proxy:b"
+        });
+        self.mark("kill b");
+        {
+            let b = self.lab.daemons[1].as_mut().expect("b");
+            b.child.kill().expect("SIGKILL b");
+            let _ = b.child.wait();
+        }
+        let t_kill = Instant::now();
+        let (st_down, to_off) = self.wait_status(0, "carrier off with b gone", long, |st| {
+            st["carrier"] == false && st["uplink"] == "none"
+        });
+        let ns_a = self.lab.ns_a.clone();
+        wait_for("mgmt0 NO-CARRIER in a's namespace", long, || {
+            (!self.kernel_carrier(&ns_a)).then_some(())
+        });
+        let mut down_detail = String::new();
+        if self.fabric.is_verbs() {
+            let (st_down, _) = self.wait_status(0, "QP down", long, |st| !Self::qp_up(st));
+            let pool_down = st_down["mempool_in_use"].as_u64().unwrap_or(0);
+            // The QP's posted receives went back to the pool.
+            assert!(
+                pool_up.saturating_sub(pool_down) >= 200,
+                "mbufs in use: {pool_up} with the QP, {pool_down} without; the receive ring was not freed"
+            );
+            down_detail = format!(
+                "; QP down ({}); mbufs in use {pool_up} -> {pool_down}",
+                st_down["fabric_verbs"]["sessions"][0]["last_down"]
+            );
+        }
+        let _ = st_down;
+        println!(
+            "RESULT [{fab}] b killed while a depended on it: a's carrier off after {:.0} ms{down_detail}",
+            to_off.as_secs_f64() * 1e3
+        );
+
+        // --- restart b: the path and the carrier come back
+        self.mark("restart b");
+        let t_restart = Instant::now();
+        self.start(1);
+        let (st_back, to_on) =
+            self.wait_status(0, "carrier on through the restarted b", long, |st| {
+                st["carrier"] == true && st["uplink"] == "proxy:b"
+            });
+        wait_for("mgmt0 has carrier again", long, || {
+            self.kernel_carrier(&ns_a).then_some(())
+        });
+        let resumed = epoch();
+        wait_for("ping replies through the restarted b", long, || {
+            (self.lab.pings[0].replies_after(resumed) >= 3).then_some(())
+        });
+        let mut up_detail = String::new();
+        if self.fabric.is_verbs() {
+            assert!(Self::qp_up(&st_back), "{st_back:#}");
+            assert!(
+                st_back["fabric_verbs"]["sessions"][0]["established"].as_u64() >= Some(2),
+                "{st_back:#}"
+            );
+            let pool_again = st_back["mempool_in_use"].as_u64().unwrap_or(0);
+            assert!(
+                pool_again.abs_diff(pool_up) <= 64,
+                "mbufs in use {pool_again} with the new QP vs {pool_up} with the first"
+            );
+            up_detail = format!(
+                "; new QP {}",
+                st_back["fabric_verbs"]["sessions"][0]["qp_num"]
+            );
+        }
+        println!(
+            "RESULT [{fab}] b restarted {:.2} s after the kill: a's carrier on again {:.2} s after the restart{up_detail}",
+            t_kill.elapsed().as_secs_f64() - t_restart.elapsed().as_secs_f64(),
+            to_on.as_secs_f64()
+        );
+
+        // --- restore and stop cleanly (SIGTERM), as a service manager would
+        run(
+            &[
+                "ip",
+                "-n",
+                &self.lab.ns_sw.clone(),
+                "link",
+                "set",
+                "pa",
+                "up",
+            ],
+            None,
+        );
+        self.wait_status(0, "uplink nic at the end", long, |st| st["uplink"] == "nic");
+        self.lab.pings.clear();
+        for k in 0..2 {
+            let d = self.lab.daemons[k].as_mut().expect("daemon");
+            run(&["kill", "-TERM", &d.child.id().to_string()], None);
+            let t0 = Instant::now();
+            let code = loop {
+                if let Some(s) = d.child.try_wait().expect("wait") {
+                    break s;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "daemon {} did not stop on SIGTERM",
+                    d.node
+                );
+                thread::sleep(Duration::from_millis(20));
+            };
+            assert!(
+                code.success(),
+                "daemon {} exited with {code}:\n{}",
+                d.node,
+                d.log_tail(30)
+            );
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            assert!(
+                !log.contains("leak") && !log.contains("panicked"),
+                "daemon {}:\n{}",
+                d.node,
+                d.log_tail(30)
+            );
+        }
+        println!(
+            "RESULT [{fab}] scenario passed in {:.1} s",
+            t_start.elapsed().as_secs_f64()
+        );
+    }
+}
