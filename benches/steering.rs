@@ -45,12 +45,17 @@ fn main() {
     ])
     .expect("EAL init");
     let mut rows = Vec::new();
-    println!("{:>7} {:>12} {:>12} {:>12} {:>8}", "MACs", "steer_bulk", "lookup_bulk", "rte_hash", "ratio");
+    println!(
+        "{:>7} {:>12} {:>12} {:>12} {:>8}",
+        "MACs", "steer_bulk", "lookup_bulk", "rte_hash", "ratio"
+    );
     for &n in &[16usize, 1024, 4096, 65536] {
         let w = Workload::new(n, FRAMES, 42);
-        let mut hash = RteHash::new(&eal, &format!("bench{n}"), (n * 2).max(64) as u32).expect("rte_hash");
+        let mut hash =
+            RteHash::new(&eal, &format!("bench{n}"), (n * 2).max(64) as u32).expect("rte_hash");
         for (i, m) in w.macs.iter().enumerate() {
-            hash.add(mac_key(DomainId(0), m.to_u64()), i + 1).expect("rte_hash add");
+            hash.add(mac_key(DomainId(0), m.to_u64()), i + 1)
+                .expect("rte_hash add");
         }
         let mut decisions = [Decision::Drop(dataplane::counters::DropReason::NoRoute); BURST];
         let steer = cycles_per_item(FRAMES * ROUNDS, || {
@@ -78,10 +83,16 @@ fn main() {
                 }
             }
         });
-        println!("{n:>7} {steer:>12.1} {lookup:>12.1} {rte:>12.1} {:>7.2}x", rte / steer);
+        println!(
+            "{n:>7} {steer:>12.1} {lookup:>12.1} {rte:>12.1} {:>7.2}x",
+            rte / steer
+        );
         rows.push(format!(
             r#"{{"macs":{n},"steer_bulk_cycles":{steer:.2},"lookup_bulk_cycles":{lookup:.2},"rte_hash_cycles":{rte:.2}}}"#
         ));
     }
-    println!(r#"{{"bench":"steering","unit":"tsc_cycles_per_frame","rows":[{}]}}"#, rows.join(","));
+    println!(
+        r#"{{"bench":"steering","unit":"tsc_cycles_per_frame","rows":[{}]}}"#,
+        rows.join(",")
+    );
 }

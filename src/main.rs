@@ -87,7 +87,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { config, socket, json } => status::run(config, socket, json),
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => status::run(config, socket, json),
         Command::CheckConfig { files } => {
             let mut ok = true;
             for f in &files {
@@ -117,7 +121,12 @@ fn main() -> ExitCode {
         }
         Command::LabAgent(args) => lab::agent(args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "nicproxy", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "nicproxy",
+                &mut std::io::stdout(),
+            );
             ExitCode::SUCCESS
         }
     }

@@ -42,11 +42,15 @@ pub fn run(config: Option<PathBuf>, socket: Option<PathBuf>, json: bool) -> Exit
 
 /// One status request.
 pub fn query(path: &std::path::Path) -> Result<Value, String> {
-    let mut s = UnixStream::connect(path).map_err(|e| format!("cannot connect (is the daemon running?): {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    let mut s = UnixStream::connect(path)
+        .map_err(|e| format!("cannot connect (is the daemon running?): {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
     s.write_all(b"status\n").map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}"))?;
     if let Some(err) = v.get("error") {
         return Err(err.to_string());
@@ -55,18 +59,41 @@ pub fn query(path: &std::path::Path) -> Result<Value, String> {
 }
 
 fn print_human(v: &Value) {
-    let s = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_default();
-    println!("node {}   up {:.1} s", s("node"), v["uptime_s"].as_f64().unwrap_or(0.0));
-    println!("  NIC link: {}   uplink: {}   kernel carrier: {}", s("nic_link"), s("uplink"), s("carrier"));
-    println!("  proxy order: {}   failovers: {}", s("proxy_order"), s("failovers_total"));
+    let s = |k: &str| {
+        v.get(k)
+            .map(|x| x.to_string().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "node {}   up {:.1} s",
+        s("node"),
+        v["uptime_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  NIC link: {}   uplink: {}   kernel carrier: {}",
+        s("nic_link"),
+        s("uplink"),
+        s("carrier")
+    );
+    println!(
+        "  proxy order: {}   failovers: {}",
+        s("proxy_order"),
+        s("failovers_total")
+    );
     println!("  sessions:");
     for p in v["sessions"].as_array().into_iter().flatten() {
         println!(
             "    {:<12} {:<10} rtt {:>8} us   peer NIC {}",
             p["peer"].as_str().unwrap_or("?"),
             p["state"].as_str().unwrap_or("?"),
-            p["rtt_us"].as_f64().map_or("-".into(), |r| format!("{r:.0}")),
-            if p["peer_nic_usable"].as_bool() == Some(true) { "usable" } else { "down" }
+            p["rtt_us"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.0}")),
+            if p["peer_nic_usable"].as_bool() == Some(true) {
+                "usable"
+            } else {
+                "down"
+            }
         );
     }
     let clients = v["clients"].as_array().map_or(0, Vec::len);
@@ -76,7 +103,12 @@ fn print_human(v: &Value) {
     }
     println!("  steering table:");
     for e in v["steering_table"].as_array().into_iter().flatten() {
-        println!("    domain {:<4} {}  -> {}", e["domain"], e["mac"].as_str().unwrap_or("?"), e["action"].as_str().unwrap_or("?"));
+        println!(
+            "    domain {:<4} {}  -> {}",
+            e["domain"],
+            e["mac"].as_str().unwrap_or("?"),
+            e["action"].as_str().unwrap_or("?")
+        );
     }
     println!("  ports:");
     for p in v["ports"].as_array().into_iter().flatten() {
