@@ -245,13 +245,21 @@ impl Ctx<'_> {
                             })
                         })
                     });
-                    let on_nic = s.get("uplink").and_then(|u| u.as_str()) == Some("nic");
-                    if up && on_nic {
+                    // Every node on its own NIC, not only a: a node that is still settling
+                    // (or failed over at start) would turn the first cut into a different
+                    // scenario.
+                    let ids: Vec<String> = self.names.nodes.iter().map(|n| n.id.clone()).collect();
+                    let all_on_nic = ids.iter().all(|id| {
+                        self.daemons.status(id).is_some_and(|st| {
+                            st.get("uplink").and_then(|u| u.as_str()) == Some("nic")
+                        })
+                    });
+                    if up && all_on_nic {
                         return Ok(());
                     }
                     if t0.elapsed() > timeout {
                         return Err(LabError::Timeout {
-                            what: "a's sessions with all its peers and its NIC path".into(),
+                            what: "a's sessions with all its peers, and every node on its NIC".into(),
                             waited_ms: timeout.as_millis() as u64,
                             detail: format!("a's status: {s}"),
                         });

@@ -5,20 +5,19 @@
 //!
 //! They are sent from the kernel interface itself (an AF_PACKET socket on it), so they take
 //! exactly the path the node's own traffic takes: through the worker to the NIC, or over the
-//! fabric to the active proxy and out of its NIC. Addresses are read from the kernel over
-//! netlink at the start of every burst, so a changed address is announced too.
+//! fabric to the active proxy and out of its NIC. The addresses come from the link watcher,
+//! which reads them from the kernel over netlink on its own thread (a netlink dump can wait
+//! seconds for the RTNL lock, which must never stall the control thread).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use dataplane::sys::netlink::Netlink;
 use dataplane::sys::raw_socket::RawSocket;
 use dataplane::wire::{Garp, GarpKind, MacAddr, UnsolicitedNa};
 
 /// Sends announcement bursts for one interface.
 pub struct Announcer {
     sock: RawSocket,
-    ifindex: u32,
     mac: MacAddr,
     count: u32,
     interval: Duration,
@@ -35,7 +34,6 @@ impl Announcer {
     /// Announces `mac` from interface `iface`.
     pub fn new(
         iface: &str,
-        ifindex: u32,
         mac: MacAddr,
         count: u32,
         interval: Duration,
@@ -46,7 +44,6 @@ impl Announcer {
         })?;
         Ok(Self {
             sock,
-            ifindex,
             mac,
             count,
             interval,
@@ -58,12 +55,13 @@ impl Announcer {
         })
     }
 
+    /// The kernel interface's current addresses (from the link watcher).
+    pub fn set_addresses(&mut self, addrs: Vec<IpAddr>) {
+        self.addrs = addrs;
+    }
+
     /// Starts a new burst now (replacing one under way).
-    pub fn trigger(&mut self, now: Duration, nl: &mut Netlink) {
-        match nl.addresses(self.ifindex) {
-            Ok(a) => self.addrs = a,
-            Err(e) => tracing::warn!("announce: {e}; using the last known addresses"),
-        }
+    pub fn trigger(&mut self, now: Duration) {
         self.pending = self.count;
         self.next_at = now;
         self.bursts += 1;

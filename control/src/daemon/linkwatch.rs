@@ -1,5 +1,6 @@
-//! The link watcher: a thread of its own that polls the NIC's carrier and carries out
-//! carrier changes on the kernel interface, both over netlink.
+//! The link watcher: a thread of its own that polls the NIC's carrier, carries out carrier
+//! changes on the kernel interface, and keeps the kernel interface's address list (for the
+//! announcements) fresh, all over netlink.
 //!
 //! Netlink link requests wait for the kernel's RTNL lock, which is global across network
 //! namespaces; on a machine where interfaces come and go, a request can wait for seconds
@@ -9,18 +10,24 @@
 //! the moment the cable (or veth peer) goes, while the operational state follows later, from
 //! the kernel's deferred link-watch work (seen at over 400 ms in the lab).
 
+use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dataplane::sys::netlink::Netlink;
 
+/// How often the kernel interface's addresses are read again.
+const ADDRESS_REFRESH: Duration = Duration::from_millis(250);
+
 /// What the watcher reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// The NIC's carrier, on every change (and once at start).
     NicCarrier(bool),
     /// A carrier change asked of the kernel interface was carried out.
     KernelCarrierSet(bool),
+    /// The kernel interface's addresses, on every change (and once at start).
+    Addresses(Vec<IpAddr>),
     /// A request failed; the text says which.
     Failed(&'static str),
 }
@@ -53,7 +60,24 @@ impl LinkWatcher {
             .name("np-linkwatch".into())
             .spawn(move || {
                 let mut last = None;
+                let mut addrs: Option<Vec<IpAddr>> = None;
+                let mut next_addrs = Instant::now();
                 loop {
+                    if Instant::now() >= next_addrs {
+                        next_addrs = Instant::now() + ADDRESS_REFRESH;
+                        match nl.addresses(kernel_if) {
+                            Ok(mut a) => {
+                                a.sort();
+                                if addrs.as_ref() != Some(&a) {
+                                    addrs = Some(a.clone());
+                                    if ev_tx.send(LinkEvent::Addresses(a)).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => tracing::warn!("{e}"),
+                        }
+                    }
                     loop {
                         match cmd_rx.try_recv() {
                             Ok(Command::SetKernelCarrier(on)) => {

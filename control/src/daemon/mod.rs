@@ -109,7 +109,6 @@ struct Daemon {
     peers: Peers,
     failover: Failover,
     proxy: ProxyServer,
-    nl: Netlink,
     announcer: Announcer,
     started: Instant,
     nic_up: Option<bool>,
@@ -178,7 +177,7 @@ impl Daemon {
         // No path is chosen yet: the kernel sees no carrier until the first decision.
         nl.set_carrier(ifindex, false)?;
         let linkwatch = linkwatch::LinkWatcher::start(
-            Netlink::open()?,
+            nl,
             nic_if,
             ifindex,
             cfg.timers.link_poll(),
@@ -195,7 +194,6 @@ impl Daemon {
             .unwrap_or_default();
         let announcer = Announcer::new(
             &cfg.kernel.name,
-            ifindex,
             mac,
             cfg.announce.count,
             cfg.announce.interval(),
@@ -236,7 +234,6 @@ impl Daemon {
             peers,
             failover,
             proxy,
-            nl,
             announcer,
             started: Instant::now(),
             nic_up: None,
@@ -349,9 +346,10 @@ impl Daemon {
                     tracing::info!("kernel interface carrier {}", if on { "on" } else { "off" });
                     self.carrier = Some(on);
                     if on && std::mem::take(&mut self.announce_pending) {
-                        self.announcer.trigger(now, &mut self.nl);
+                        self.announcer.trigger(now);
                     }
                 }
+                linkwatch::LinkEvent::Addresses(a) => self.announcer.set_addresses(a),
                 linkwatch::LinkEvent::Failed(what) => {
                     tracing::error!("link watcher: {what} failed")
                 }
@@ -614,7 +612,7 @@ impl Daemon {
                         // link watcher has raised it.
                         self.announce_pending = true;
                     } else {
-                        self.announcer.trigger(now, &mut self.nl);
+                        self.announcer.trigger(now);
                     }
                 }
                 Action::SetCarrier(on) => {

@@ -34,6 +34,9 @@ pub struct UpstreamProbe {
     window: Duration,
     next_send: Duration,
     last_reply: Option<Duration>,
+    /// Since when the link has been up without interruption (the silence window of a path
+    /// that was never answered starts there, not at start-up).
+    link_up_since: Option<Duration>,
     verdict: Option<bool>,
     /// Probes sent since start.
     pub sent: u64,
@@ -63,6 +66,7 @@ impl UpstreamProbe {
             window: interval * u32::try_from(cfg.multiplier).unwrap_or(u32::MAX),
             next_send: Duration::ZERO,
             last_reply: None,
+            link_up_since: None,
             verdict: None,
             sent: 0,
             answered: 0,
@@ -73,6 +77,7 @@ impl UpstreamProbe {
     /// answer proves the path. Returns the new verdict if it changed.
     pub fn link_lost(&mut self) -> Option<bool> {
         self.last_reply = None;
+        self.link_up_since = None;
         self.set(false)
     }
 
@@ -93,6 +98,11 @@ impl UpstreamProbe {
                 self.last_reply = Some(now);
             }
         }
+        if !link_up {
+            self.link_up_since = None;
+        } else if self.link_up_since.is_none() {
+            self.link_up_since = Some(now);
+        }
         if link_up && now >= self.next_send {
             self.next_send = now + self.interval;
             self.send();
@@ -103,8 +113,10 @@ impl UpstreamProbe {
             // Never answered since start or since the last link loss: dead once a full
             // window has passed without an answer (at start the policy assumes it alive).
             None if self.verdict == Some(false) => None,
-            None if now >= self.window + self.interval => self.set(false),
-            None => None,
+            None => match self.link_up_since {
+                Some(t) if now.saturating_sub(t) >= self.window + self.interval => self.set(false),
+                _ => None,
+            },
         }
     }
 
