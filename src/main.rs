@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod capture;
 mod lab;
 mod status;
 
@@ -41,6 +42,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Capture the frames of one MAC or one peer session, as a running daemon's worker steers
+    /// them, into a pcapng file (tcpdump -r and Wireshark read it).
+    Capture(capture::CaptureArgs),
     /// Check config files without starting anything; prints every problem with file, line
     /// and key. Exits non-zero if any file is invalid.
     CheckConfig {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             socket,
             json,
         } => status::run(config, socket, json),
+        Command::Capture(args) => capture::run(args),
         Command::CheckConfig { files } => {
             let mut ok = true;
             for f in &files {

@@ -216,9 +216,9 @@ impl Metrics {
         for (w, (now, last)) in workers.iter().zip(self.last.iter_mut()).enumerate() {
             let wl = w.to_string();
             for (p, name) in PORT_NAMES.iter().enumerate() {
-                let (Some(n), Some(l)) = (now.ports.get(p), last.ports.get(p)) else {
-                    continue;
-                };
+                let Some(n) = now.ports.get(p) else { continue };
+                // Before the first scrape there is no previous snapshot: count from zero.
+                let l = last.ports.get(p).cloned().unwrap_or_default();
                 let l2 = [wl.as_str(), *name];
                 self.rx_packets
                     .with_label_values(&l2)
@@ -272,8 +272,16 @@ pub fn serve(addr: SocketAddr) -> Result<Receiver<ScrapeRequest>, super::DaemonE
                 let Ok(mut conn) = conn else { continue };
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                // Read until the end of the request line (a client may write its request
+                // in pieces), at most 2 KiB and within the read timeout.
                 let mut req = [0u8; 2048];
-                let n = conn.read(&mut req).unwrap_or(0);
+                let mut n = 0;
+                while n < req.len() && !req[..n].contains(&b'\n') {
+                    match conn.read(&mut req[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
                 let line = String::from_utf8_lossy(&req[..n]);
                 let (status, ctype, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET /metrics?") {
                     let (reply, wait) = mpsc::sync_channel(1);

@@ -11,6 +11,7 @@
 //! 5. answer status requests.
 
 mod announce;
+pub mod capture;
 mod dataplane;
 #[cfg(feature = "verbs")]
 mod fabric_verbs;
@@ -176,16 +177,11 @@ impl Daemon {
         };
         // No path is chosen yet: the kernel sees no carrier until the first decision.
         nl.set_carrier(ifindex, false)?;
-        let linkwatch = linkwatch::LinkWatcher::start(
-            nl,
-            nic_if,
-            ifindex,
-            cfg.timers.link_poll(),
-        )
-        .map_err(|e| DaemonError::Io {
-            action: "starting the link watcher thread".into(),
-            source: e,
-        })?;
+        let linkwatch = linkwatch::LinkWatcher::start(nl, nic_if, ifindex, cfg.timers.link_poll())
+            .map_err(|e| DaemonError::Io {
+                action: "starting the link watcher thread".into(),
+                source: e,
+            })?;
         let mac = cfg
             .kernel
             .macs
@@ -221,7 +217,13 @@ impl Daemon {
         };
         let failover = Failover::new(FailoverParams::for_local_domains(&cfg));
         let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
-        let status_rx = status::serve(&cfg.control_socket())?;
+        let capture = capture::Service::new(
+            &cfg,
+            dp.worker
+                .as_mut()
+                .and_then(::dataplane::worker::WorkerHandle::take_capture),
+        );
+        let status_rx = status::serve(&cfg.control_socket(), capture)?;
         let scrape_rx = metrics::serve(cfg.metrics.listen)?;
         let metrics = metrics::Metrics::new(&cfg.node.id);
         let local_domains = cfg.local_domains().map(|d| DomainId(d.id)).collect();

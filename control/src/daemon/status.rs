@@ -17,7 +17,10 @@ pub struct StatusRequest {
 
 /// Serves the control socket at `path` until the process ends; returns the receiving end
 /// the control loop polls.
-pub fn serve(path: &Path) -> Result<Receiver<StatusRequest>, super::DaemonError> {
+pub fn serve(
+    path: &Path,
+    capture: super::capture::Service,
+) -> Result<Receiver<StatusRequest>, super::DaemonError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| super::DaemonError::Io {
             action: format!("creating {}", dir.display()),
@@ -44,7 +47,7 @@ pub fn serve(path: &Path) -> Result<Receiver<StatusRequest>, super::DaemonError>
     let owned: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
         .name("np-status".into())
-        .spawn(move || accept_loop(&listener, &tx, &owned))
+        .spawn(move || accept_loop(&listener, &tx, &owned, &capture))
         .map_err(|e| super::DaemonError::Io {
             action: "starting the status thread".into(),
             source: e,
@@ -52,7 +55,12 @@ pub fn serve(path: &Path) -> Result<Receiver<StatusRequest>, super::DaemonError>
     Ok(rx)
 }
 
-fn accept_loop(listener: &UnixListener, tx: &Sender<StatusRequest>, _path: &Path) {
+fn accept_loop(
+    listener: &UnixListener,
+    tx: &Sender<StatusRequest>,
+    _path: &Path,
+    capture: &super::capture::Service,
+) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
@@ -65,6 +73,11 @@ fn accept_loop(listener: &UnixListener, tx: &Sender<StatusRequest>, _path: &Path
         // Bounded read: a client cannot make us buffer more than a short line.
         let mut limited = (&mut reader).take(256);
         if limited.read_line(&mut line).is_err() {
+            continue;
+        }
+        if super::capture::Request::is_request(&line) {
+            // Streams on a thread of its own: status requests keep being answered.
+            capture.serve(conn, line.trim());
             continue;
         }
         let answer = match line.trim() {

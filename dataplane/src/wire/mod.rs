@@ -19,6 +19,7 @@ pub mod ipv6;
 pub mod mac;
 pub mod neighbour;
 pub mod pcap;
+pub mod pcapng;
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@
 //! fabric's batched `recvmmsg`/`sendmmsg`, one per burst.
 
 pub mod backoff;
+pub mod capture;
 pub mod fabric_io;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,6 +102,7 @@ pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), WorkerError>>>,
     counters: CounterReader,
+    capture: Option<capture::CaptureControl>,
 }
 
 impl WorkerHandle {
@@ -112,6 +114,11 @@ impl WorkerHandle {
     /// The worker's counters (flushed by the worker on its drain timer).
     pub fn counters(&self) -> CountersSnapshot {
         self.counters.snapshot()
+    }
+
+    /// Control's end of the worker's frame capture (once: whoever takes it runs captures).
+    pub fn take_capture(&mut self) -> Option<capture::CaptureControl> {
+        self.capture.take()
     }
 
     /// Whether the thread is still running.
@@ -148,6 +155,7 @@ pub fn spawn(eal: &Eal, setup: WorkerSetup) -> Result<WorkerHandle, WorkerError>
     let name = setup.name.clone();
     let (eal, flag) = (eal.clone(), stop.clone());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (tap, capture) = capture::channel(eal.tsc_hz());
     let thread = std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
@@ -167,7 +175,7 @@ pub fn spawn(eal: &Eal, setup: WorkerSetup) -> Result<WorkerHandle, WorkerError>
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            Loop::new(setup, writer, eal.tsc_hz()).run(&flag);
+            Loop::new(setup, writer, eal.tsc_hz(), tap).run(&flag);
             Ok(())
         })
         .map_err(|source| WorkerError::Spawn {
@@ -179,6 +187,7 @@ pub fn spawn(eal: &Eal, setup: WorkerSetup) -> Result<WorkerHandle, WorkerError>
         stop,
         thread: Some(thread),
         counters: reader,
+        capture: Some(capture),
     };
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
@@ -250,10 +259,16 @@ struct Loop {
     polling: Polling,
     drain_tsc: u64,
     counters: CounterWriter,
+    capture: capture::CaptureTap,
 }
 
 impl Loop {
-    fn new(s: WorkerSetup, counters: CounterWriter, tsc_hz: u64) -> Self {
+    fn new(
+        s: WorkerSetup,
+        counters: CounterWriter,
+        tsc_hz: u64,
+        capture: capture::CaptureTap,
+    ) -> Self {
         let drain_tsc = (u128::from(tsc_hz) * s.drain_interval.as_nanos() / 1_000_000_000) as u64;
         Self {
             nic_tx: TxQueue {
@@ -273,6 +288,7 @@ impl Loop {
             polling: s.polling,
             drain_tsc: drain_tsc.max(1),
             counters,
+            capture,
         }
     }
 
@@ -285,6 +301,7 @@ impl Loop {
         let mut iteration: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
             self.table.refresh();
+            self.capture.refresh();
             let mut work = 0;
 
             let n = self.nic_tx.queue.rx_burst(&mut rx);
@@ -346,6 +363,7 @@ impl Loop {
         stats: &mut Stats,
     ) {
         let table = self.table.table();
+        let capturing = self.capture.is_on();
         let mut i = 0;
         while let Some(m) = rx.pop_front() {
             let src = match sessions {
@@ -356,6 +374,9 @@ impl Loop {
             stats.rx[port].0 += 1;
             stats.rx[port].1 += m.len() as u64;
             let d = steer(table, src, m.data());
+            if capturing {
+                self.capture.offer(src, &d, m.data(), m.len());
+            }
             match d {
                 Decision::Kernel => self.kernel_tx.push(m, stats),
                 Decision::Nic => self.nic_tx.push(m, stats),
