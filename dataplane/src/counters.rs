@@ -269,6 +269,13 @@ impl DropTally {
         self.0[reason.index()] += 1;
     }
 
+    /// Counts `n` drops (saturating).
+    #[inline(always)]
+    pub fn add(&mut self, reason: DropReason, n: u64) {
+        let slot = &mut self.0[reason.index()];
+        *slot = slot.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
     /// Total drops counted.
     pub fn total(&self) -> u64 {
         self.0.iter().map(|&n| u64::from(n)).sum()

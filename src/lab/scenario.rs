@@ -259,7 +259,8 @@ impl Ctx<'_> {
                     }
                     if t0.elapsed() > timeout {
                         return Err(LabError::Timeout {
-                            what: "a's sessions with all its peers, and every node on its NIC".into(),
+                            what: "a's sessions with all its peers, and every node on its NIC"
+                                .into(),
                             waited_ms: timeout.as_millis() as u64,
                             detail: format!("a's status: {s}"),
                         });

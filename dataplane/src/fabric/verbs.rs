@@ -147,12 +147,6 @@ fn in_window(idx: u32, head: u32, tail: u32) -> bool {
     idx.wrapping_sub(head) < tail.wrapping_sub(head)
 }
 
-#[inline]
-fn add(tally: &mut DropTally, reason: DropReason, n: usize) {
-    let slot = &mut tally.0[reason.index()];
-    *slot = slot.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-}
-
 // ------------------------------------------------------------------- pool registration
 
 /// Sorted `(start, len)` chunks with touching neighbours merged: one registration covers
@@ -1213,7 +1207,7 @@ impl VerbsIo {
             for &j in idxs {
                 frames[j] = None;
             }
-            add(tally, reason, idxs.len());
+            tally.add(reason, idxs.len() as u64);
         };
         let Some(s) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             drop_all(frames, DropReason::UnknownSession, tally);

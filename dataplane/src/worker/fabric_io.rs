@@ -175,19 +175,14 @@ impl UdpIo {
         }
         let c = self.sock.counters();
         if c.unknown_source != self.seen_unknown {
-            add(
-                tally,
+            tally.add(
                 DropReason::UnknownSession,
                 c.unknown_source - self.seen_unknown,
             );
             self.seen_unknown = c.unknown_source;
         }
         if c.truncated != self.seen_truncated {
-            add(
-                tally,
-                DropReason::Oversize,
-                c.truncated - self.seen_truncated,
-            );
+            tally.add(DropReason::Oversize, c.truncated - self.seen_truncated);
             self.seen_truncated = c.truncated;
         }
         delivered
@@ -226,15 +221,9 @@ impl UdpIo {
             .sum();
         // The kernel copied what it took; what the full socket refused is a counted drop
         // (back-pressure), never a wait on the hot path.
-        add(tally, DropReason::FabricBackpressure, (n - done) as u64);
-        add(tally, DropReason::UnknownSession, done as u64 - sent);
+        tally.add(DropReason::FabricBackpressure, (n - done) as u64);
+        tally.add(DropReason::UnknownSession, done as u64 - sent);
         self.tx.free_all();
         (sent, bytes)
     }
-}
-
-#[inline]
-fn add(tally: &mut DropTally, reason: DropReason, n: u64) {
-    let slot = &mut tally.0[reason.index()];
-    *slot = slot.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
 }
