@@ -7,7 +7,7 @@ use super::table::{
     mac_key, DomainInfo, MacTable, DEFAULT_ETHERTYPES, DEFAULT_MAX_FRAME_LEN, EMPTY_KEY,
     EMPTY_SLOT, MAX_ETHERTYPES, MIN_CAPACITY, NO_DOMAIN,
 };
-use super::types::{Action, DomainId, SessionId, Uplink, MAX_DOMAINS, MAX_SESSIONS};
+use super::types::{Action, DomainId, SessionId, SessionMask, Uplink, MAX_DOMAINS, MAX_SESSIONS};
 use crate::wire::ethernet::{ethertype, field};
 use crate::wire::MacAddr;
 
@@ -406,6 +406,10 @@ impl MacTableBuilder {
             untagged: self.untagged.map_or(NO_DOMAIN, |d| d.0),
             domains: Box::new([]),
             nic_cabled: Box::new([]),
+            clients: self
+                .domains
+                .values()
+                .fold(SessionMask::EMPTY, |m, i| SessionMask(m.0 | i.sessions.0)),
             nic_mac: self.nic_mac.map_or(0, |m| m.to_u64()),
             ethertypes: [0; MAX_ETHERTYPES],
             max_frame_len: self.max_frame_len,

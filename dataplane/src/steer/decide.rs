@@ -54,6 +54,15 @@ pub fn decide(table: &MacTable, source: Source, c: &Classified) -> Decision {
             } else if dom.uplink == Uplink::Session(s) {
                 // Our proxy relays LAN traffic to us: same rules as from our own NIC.
                 from_lan(table, &dom, c, Some(s))
+            } else if !dom.sessions.contains(s)
+                && !table.clients.contains(s)
+                && !matches!(table.lookup_key(c.src_key()), Action::Session(x) if x != s)
+            {
+                // Neither our path nor a client of ours anywhere, and not claiming another
+                // session's MAC: typically the proxy we just left, still relaying LAN floods
+                // for a moment. A stale path, not a spoof (which would alarm an operator on
+                // every failback).
+                Decision::Drop(DropReason::InactivePath)
             } else {
                 from_client(table, &dom, c, s)
             }

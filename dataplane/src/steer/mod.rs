@@ -48,6 +48,10 @@
 //!   broadcast otherwise, since the switch does not send it back to us. Empty → `NoPath`;
 //! - link-local → the NIC if it is the uplink, else `LinkLocal`.
 //!
+//! *From a session that is neither the domain's uplink nor a member of it*: `InactivePath`
+//! (typically the proxy we just left, still relaying LAN floods), unless the session is a
+//! client of ours in another domain or claims another session's MAC: then `Spoofed`.
+//!
 //! *From a client session `s`*:
 //! - the source MAC must be registered for `s` in the frame's domain (its entry is
 //!   `Session(s)`; one lookup in the same hash), else `Spoofed`;

@@ -83,6 +83,8 @@ pub struct MacTable {
     /// Per domain: whether this node's NIC is cabled to it (false for a domain reached only
     /// through peers). Indexed like `domains`; missing entries are cabled.
     pub(super) nic_cabled: Box<[bool]>,
+    /// Every session that is a client of ours in some domain.
+    pub(super) clients: SessionMask,
     /// The NIC port's own MAC as a 48-bit value (0: none). Frames the kernel side sends
     /// from it (the upstream probe) leave by the NIC whatever the uplink.
     pub(super) nic_mac: u64,

@@ -756,11 +756,18 @@ fn from_uplink_session_of_a_peer_only_domain() {
                 frame(LLDP, LAN, Tags::Q(20)),
                 dropped(LinkLocal),
             ),
-            // In D0 the same session is not our uplink: it is checked like any client.
+            // In D0 the same session is neither our uplink nor a client of ours: its frames
+            // there are a path we do not use (a stale path), not a spoof.
             case(
-                "client role elsewhere: spoof check",
+                "proxy of another domain, in D0: not our path",
                 FROM_C,
                 frame(LOCAL, LAN, Tags::Untagged),
+                dropped(InactivePath),
+            ),
+            case(
+                "proxy of another domain claiming a client's MAC: spoofed",
+                FROM_C,
+                frame(LOCAL, A, Tags::Untagged),
                 dropped(Spoofed),
             ),
         ],
