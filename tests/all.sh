@@ -13,4 +13,7 @@ cargo build --workspace --tests --locked
 cargo test -p dataplane -p control --no-default-features --locked
 # Everything, with the real parts (needs root; boots the lab guest for verbs tests).
 cargo test --workspace --locked -- --test-threads=2
+# Every parser of untrusted bytes under cargo-fuzz for a bounded time (stable toolchain,
+# see fuzz/README.md); a crash fails the run and keeps the input in fuzz/artifacts/.
+FUZZ_SECONDS=${FUZZ_SECONDS:-60} tests/fuzz.sh
 echo "all tests passed in $(( $(date +%s) - t0 )) s"

@@ -86,14 +86,20 @@ impl Diagnostic {
             }
             None => (None, None, String::new()),
         };
+        // toml's messages can span lines ("invalid array\nexpected `]`"); keep one
+        // diagnostic per line of output.
+        let mut message = err.message().trim().replace('\n', ": ");
+        if message.is_empty() {
+            // toml gives some syntax errors no text (a control character in a comment, for
+            // one), which left the user a location and no reason.
+            message = unexpected_at(text, err.span().map(|s| s.start));
+        }
         Diagnostic {
             file: file.to_string(),
             line,
             column,
             key,
-            // toml's messages can span lines ("invalid array\nexpected `]`"); keep one
-            // diagnostic per line of output.
-            message: err.message().trim().replace('\n', ": "),
+            message,
         }
     }
 
@@ -120,6 +126,18 @@ impl Diagnostic {
     }
 }
 
+/// Names what a syntax error without a message stopped at: the character at `offset`.
+fn unexpected_at(text: &str, offset: Option<usize>) -> String {
+    let c = offset
+        .and_then(|o| text.get(o..))
+        .and_then(|rest| rest.chars().next());
+    match c {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None if offset.is_some() => "invalid TOML: unexpected end of file".to_string(),
+        None => "invalid TOML".to_string(),
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
@@ -130,5 +148,25 @@ impl fmt::Display for Diagnostic {
             write!(f, ": {}", self.key)?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// Found by the `config` fuzz target: toml reports a control character in a comment
+    /// with an empty message, which printed as `file:3:70: ` and nothing else.
+    #[test]
+    fn syntax_errors_always_say_why() {
+        let text = "[node]\nid = \"a\"\n# a comment with a \u{e} control character\n";
+        let err = Config::from_str_named(text, "t.toml").expect_err("not valid TOML");
+        let d = &err.diagnostics()[0];
+        assert_eq!((d.line, d.column), (Some(3), Some(20)), "{d}");
+        assert_eq!(d.message, "invalid TOML: unexpected character '\\u{e}'");
+        assert_eq!(
+            err.to_string(),
+            "t.toml:3:20: invalid TOML: unexpected character '\\u{e}'"
+        );
     }
 }
