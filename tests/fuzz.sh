@@ -2,7 +2,8 @@
 # Builds the cargo-fuzz targets in fuzz/ and runs each for FUZZ_SECONDS from its committed
 # seed corpus (fuzz/corpus/<target>). Prints, per target, the executions and the result, and
 # exits non-zero if any target crashed (panic, failed contract assertion, sanitizer report),
-# hung or ran out of memory; the offending input is kept in fuzz/artifacts/<target>/.
+# hung or ran out of memory; the offending input and the run's log are kept in
+# fuzz/artifacts/<target>/.
 #
 # Environment:
 #   FUZZ_SECONDS    seconds per target (default 60)
@@ -58,6 +59,9 @@ for t in $targets; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     printf '%-16s %12s %8s  %s\n' "$t" "${execs:-?}" "$(( $(date +%s) - t0 ))" "$result"
     if [[ $result != ok ]]; then
+        mkdir -p "fuzz/artifacts/$t"
+        cp "$log" "fuzz/artifacts/$t/last-failure.log"
+        echo "full log: fuzz/artifacts/$t/last-failure.log"
         grep -E 'panicked|ERROR|SUMMARY|Test unit written|Reproduce with|assertion' "$log" | head -n 20 || true
         tail -n 40 "$log"
     fi

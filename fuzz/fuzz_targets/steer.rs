@@ -12,9 +12,11 @@
 //! - every delivery is backed by the table: to a session only for a MAC proxied on it or as
 //!   the domain's uplink; to the kernel only for a local MAC or link-local control from our
 //!   own wire; out of the NIC only when it is the uplink (or for the upstream probe);
-//! - a client session's frame with a source MAC not registered for it is `Spoofed`, and
-//!   LAN-side frames from the NIC while it is not the uplink are dropped as `InactivePath`
-//!   except unicast to our own MAC.
+//! - a session's frame with a source MAC not registered for it is never delivered: it is
+//!   `Spoofed`, or `InactivePath` when the session is neither the domain's uplink nor a
+//!   member of it, nor a client anywhere, and claims no other session's MAC (the proxy we
+//!   just left); frames from the NIC while it is not the uplink are dropped as
+//!   `InactivePath` except unicast to our own MAC in a cabled domain.
 
 #![no_main]
 
