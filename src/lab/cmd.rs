@@ -1,6 +1,7 @@
 //! Running the system tools the lab drives (`ip`, `bridge`, `ping`, `kill`).
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::error::{LabError, Result};
 
@@ -69,4 +70,19 @@ fn command_line(program: &str, args: &[&str]) -> String {
         s.push_str(a);
     }
     s
+}
+
+/// Waits for `child` to end until `deadline`, then kills it (and reaps it).
+pub fn wait_or_kill(child: &mut Child, deadline: Instant) {
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
 }

@@ -194,17 +194,7 @@ impl Daemons {
             let Some(mut c) = d.child.take() else {
                 continue;
             };
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
+            cmd::wait_or_kill(&mut c, deadline);
         }
     }
 }

@@ -101,17 +101,7 @@ impl Agent {
         drop(self.stdin.take());
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + timeout;
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+            super::cmd::wait_or_kill(&mut c, deadline);
         }
         if let Some(r) = self.reader.take() {
             let _ = r.join();

@@ -81,3 +81,14 @@ impl Stop {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Whether a socket error only means "nothing now, try again" (a read timeout, a
+/// non-blocking socket with nothing to do, a signal).
+pub fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}

@@ -5,7 +5,7 @@
 //! 10 ms once a transfer started), `sink eof <us> <bytes>`, `sink error <us> <what>`,
 //! `c <us> <1|0|->` (carrier changed; `-`: unreadable, e.g. the interface is gone or down).
 
-use std::io::{ErrorKind, Read};
+use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,11 +105,7 @@ fn drain(mut conn: TcpStream, ev: &Events, stop: &Stop, received: &AtomicU64) {
             Ok(n) => {
                 received.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
+            Err(e) if super::io::transient(&e) => {}
             Err(e) => {
                 ev.emit(format_args!("sink error {} {e}", now_us()));
                 return;

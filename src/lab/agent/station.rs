@@ -5,7 +5,7 @@
 //! `tcp connected <us>`, `tcp sent <us> <bytes>` (all written, write side shut),
 //! `tcp closed <us>` (the sink closed after reading everything), `tcp error <us> <what>`.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -153,11 +153,7 @@ fn tcp_source(p: &Params, ev: &Events, stop: &Stop) {
                 written += n as u64;
                 tokens -= n as f64;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
+            Err(e) if super::io::transient(&e) => {}
             Err(e) => {
                 ev.emit(format_args!("tcp error {} writing: {e}", now_us()));
                 return;
