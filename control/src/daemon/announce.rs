@@ -103,17 +103,19 @@ impl Announcer {
         }
     }
 
-    /// Announces MACs whose IPs we do not know (a proxy's clients): one ARP probe (RFC 5227:
-    /// sender and target IP 0.0.0.0) from each MAC, broadcast, so that the switch learns
-    /// the MAC on our port at once. It leaves every ARP cache alone. Returns frames sent.
-    pub fn probe_from(&mut self, macs: &[MacAddr]) -> usize {
+    /// Announces MACs whose IPs we do not know (a proxy's clients, or our own MAC in a
+    /// domain reached through a peer): one ARP probe (RFC 5227: sender and target IP
+    /// 0.0.0.0) from each MAC, broadcast, tagged with `vlan` if the domain has one, so that
+    /// the switch learns the MAC on the new port at once. It leaves every ARP cache alone.
+    /// Returns frames sent.
+    pub fn probe_from(&mut self, macs: &[MacAddr], vlan: Option<u16>) -> usize {
         let mut buf = [0u8; 64];
         let mut sent = 0;
         for &mac in macs {
             let probe = Garp {
                 mac,
                 ip: std::net::Ipv4Addr::UNSPECIFIED,
-                vlan: None,
+                vlan: vlan.map(dataplane::wire::VlanTag::new),
                 kind: GarpKind::Request,
             };
             if let Ok(n) = probe.build(&mut buf) {

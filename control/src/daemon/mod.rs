@@ -18,6 +18,7 @@ mod fabric_verbs;
 mod linkwatch;
 mod metrics;
 mod peers;
+mod remote;
 mod status;
 mod upstream;
 
@@ -31,6 +32,7 @@ use ::dataplane::sys::signal;
 use self::announce::Announcer;
 use self::dataplane::Dataplane;
 use self::peers::{PeerEvent, PeerState, Peers};
+use self::remote::{Machine, RemoteDomain, Requests};
 use crate::config::{Config, ConfigError, GroupKey};
 use crate::policy::{
     Action, Event, Failover, FailoverParams, ProxyAction, ProxyEvent, ProxyParams, ProxyServer,
@@ -127,6 +129,13 @@ struct Daemon {
     next_link_poll: Duration,
     carrier: Option<bool>,
     local_domains: Vec<DomainId>,
+    /// Domains reached only through peers, each with its own failover machine.
+    remote: Vec<RemoteDomain>,
+    /// Which peer each machine has asked to carry its domains.
+    requests: Requests,
+    /// Peers whose requested domains changed in this loop iteration: one request (or
+    /// release) each, sent at the end of the iteration, however many machines moved.
+    requests_dirty: Vec<String>,
     status_rx: std::sync::mpsc::Receiver<status::StatusRequest>,
     failovers: u64,
     last_change: Option<(Duration, String)>,
@@ -144,11 +153,6 @@ struct Daemon {
 
 impl Daemon {
     fn start(cfg: Config, key: &GroupKey, path: &Path) -> Result<Daemon, DaemonError> {
-        if cfg.domains.iter().any(|d| !d.local) {
-            return Err(DaemonError::Unsupported(
-                "domains reachable only through peers (local = false) are not wired into the daemon yet",
-            ));
-        }
         if cfg.dataplane.cores.len() > 1 || cfg.nic.queues > 1 {
             return Err(DaemonError::Unsupported(
                 "the daemon runs one worker with one NIC queue for now: give at most one core in dataplane.cores and nic.queues = 1",
@@ -216,6 +220,13 @@ impl Daemon {
             None => None,
         };
         let failover = Failover::new(FailoverParams::for_local_domains(&cfg));
+        let remote = remote::machines(&cfg);
+        for r in &remote {
+            // Our own frames in such a domain never leave by the NIC, and what the NIC
+            // receives in it is not ours.
+            dp.table.set_nic_cabled(r.domain, false);
+        }
+        dp.publish();
         let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
         let capture = capture::Service::new(
             &cfg,
@@ -247,6 +258,9 @@ impl Daemon {
             next_link_poll: Duration::ZERO,
             carrier: Some(false),
             local_domains,
+            requests: Requests::new(remote.len()),
+            requests_dirty: Vec::new(),
+            remote,
             status_rx,
             failovers: 0,
             last_change: None,
@@ -293,8 +307,16 @@ impl Daemon {
             self.poll_verbs(now);
             if self.failover.next_deadline().is_some_and(|d| d <= now) {
                 let actions = self.failover.handle(now, Event::Tick);
-                self.apply(now, actions);
+                self.apply(now, Machine::Local, actions);
             }
+            for i in 0..self.remote.len() {
+                let f = &mut self.remote[i].failover;
+                if f.next_deadline().is_some_and(|d| d <= now) {
+                    let actions = f.handle(now, Event::Tick);
+                    self.apply(now, Machine::Remote(i), actions);
+                }
+            }
+            self.flush_requests();
             self.announcer.tick(now);
             while let Ok(req) = self.status_rx.try_recv() {
                 let _ = req.reply.try_send(self.status_json(now).to_string());
@@ -316,6 +338,10 @@ impl Daemon {
     /// Sleeps until the next timer or a control message, at most 1 ms.
     fn wait(&self, now: Duration) {
         let mut until = now + Duration::from_millis(1);
+        let remote = self
+            .remote
+            .iter()
+            .filter_map(|r| r.failover.next_deadline());
         for d in [
             self.failover.next_deadline(),
             self.announcer.next_deadline(),
@@ -326,6 +352,7 @@ impl Daemon {
         ]
         .into_iter()
         .flatten()
+        .chain(remote)
         {
             until = until.min(d);
         }
@@ -387,7 +414,7 @@ impl Daemon {
         self.peers
             .set_local_link(LinkFlags::new(up, upstream_ok), now);
         let actions = self.failover.handle(now, Event::NicLink(up));
-        self.apply(now, actions);
+        self.apply(now, Machine::Local, actions);
     }
 
     fn on_upstream(&mut self, now: Duration, ok: bool) {
@@ -398,7 +425,7 @@ impl Daemon {
         self.peers
             .set_local_link(LinkFlags::new(self.nic_up == Some(true), ok), now);
         let actions = self.failover.handle(now, Event::Upstream(ok));
-        self.apply(now, actions);
+        self.apply(now, Machine::Local, actions);
     }
 
     fn on_peer_event(&mut self, now: Duration, e: PeerEvent) {
@@ -411,18 +438,17 @@ impl Daemon {
                 let id = self.peers.peers[i].id.clone();
                 self.metrics.session_up.with_label_values(&[&id]).set(1);
                 let usable = self.peers.peers[i].link.usable();
-                let mut actions = self.failover.handle(
-                    now,
-                    Event::Session {
-                        peer: &id,
-                        up: true,
-                    },
-                );
-                actions.extend(
-                    self.failover
-                        .handle(now, Event::PeerLink { peer: &id, usable }),
-                );
-                self.apply(now, actions);
+                self.feed_all(now, |f, now| {
+                    let mut actions = f.handle(
+                        now,
+                        Event::Session {
+                            peer: &id,
+                            up: true,
+                        },
+                    );
+                    actions.extend(f.handle(now, Event::PeerLink { peer: &id, usable }));
+                    actions
+                });
             }
             PeerEvent::Down(i) => {
                 self.session_up[i] = false;
@@ -431,28 +457,25 @@ impl Daemon {
                 if self.failover.uplink() == Uplink::Session(id.clone()) {
                     self.failure_detected_at = Some(now);
                 }
-                let actions = self.failover.handle(
-                    now,
-                    Event::Session {
-                        peer: &id,
-                        up: false,
-                    },
-                );
-                self.apply(now, actions);
+                self.feed_all(now, |f, now| {
+                    f.handle(
+                        now,
+                        Event::Session {
+                            peer: &id,
+                            up: false,
+                        },
+                    )
+                });
                 let pa = self.proxy.handle(ProxyEvent::SessionDown { peer: &id });
                 self.apply_proxy(now, pa);
             }
             PeerEvent::Link(i, flags) => {
                 let id = self.peers.peers[i].id.clone();
                 tracing::info!(peer = %id, "peer link {}", if flags.usable() { "usable" } else { "not usable" });
-                let actions = self.failover.handle(
-                    now,
-                    Event::PeerLink {
-                        peer: &id,
-                        usable: flags.usable(),
-                    },
-                );
-                self.apply(now, actions);
+                let usable = flags.usable();
+                self.feed_all(now, |f, now| {
+                    f.handle(now, Event::PeerLink { peer: &id, usable })
+                });
             }
             PeerEvent::Rtt(i, rtt) => {
                 let id = &self.peers.peers[i].id;
@@ -539,54 +562,140 @@ impl Daemon {
                 if !accepted {
                     tracing::warn!(peer = %id, "proxy refused: {:?}", a.status);
                 }
-                let actions = self.failover.handle(
-                    now,
-                    Event::Ack {
-                        peer: &id,
-                        accepted,
-                    },
-                );
-                self.apply(now, actions);
+                // The ack answers the request naming every machine that rides on this peer.
+                for m in self.requests.machines_on(&id) {
+                    let actions = self.machine(m).handle(
+                        now,
+                        Event::Ack {
+                            peer: &id,
+                            accepted,
+                        },
+                    );
+                    self.apply(now, m, actions);
+                }
             }
             other => tracing::debug!(peer = %id, "unexpected {:?}", other.msg_type()),
         }
     }
 
-    fn apply(&mut self, now: Duration, actions: Vec<Action>) {
+    fn machine(&mut self, m: Machine) -> &mut Failover {
+        match m {
+            Machine::Local => &mut self.failover,
+            Machine::Remote(i) => &mut self.remote[i].failover,
+        }
+    }
+
+    /// Feeds one event to every failover machine (local, then remote) and carries out
+    /// their actions.
+    fn feed_all(
+        &mut self,
+        now: Duration,
+        mut f: impl FnMut(&mut Failover, Duration) -> Vec<Action>,
+    ) {
+        let actions = f(&mut self.failover, now);
+        self.apply(now, Machine::Local, actions);
+        for i in 0..self.remote.len() {
+            let actions = f(&mut self.remote[i].failover, now);
+            self.apply(now, Machine::Remote(i), actions);
+        }
+    }
+
+    /// The domains of machine `m`.
+    fn domains_of(&self, m: Machine) -> Vec<DomainId> {
+        match m {
+            Machine::Local => self.local_domains.clone(),
+            Machine::Remote(i) => vec![self.remote[i].domain],
+        }
+    }
+
+    /// Tells `peer` what it carries for us now: a request naming the domains of every
+    /// machine that chose it (a request replaces the previous one), or a release if none.
+    fn send_proxy_state(&mut self, peer: &str) {
+        let Some(i) = self.peers.index_of(peer) else {
+            return;
+        };
+        let mut domains: Vec<u16> = self
+            .requests
+            .machines_on(peer)
+            .into_iter()
+            .flat_map(|m| self.domains_of(m))
+            .map(|d| d.0)
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        self.peers.peers[i].last_request_id += 1;
+        let id = self.peers.peers[i].last_request_id;
+        if domains.is_empty() {
+            tracing::info!(%peer, "releasing proxy");
+            self.peers
+                .send(i, &Message::ProxyRelease(ProxyRelease { id }));
+        } else {
+            tracing::info!(%peer, ?domains, "requesting proxy");
+            let req = ProxyRequest {
+                id,
+                macs: self.cfg.kernel.macs.clone(),
+                domains,
+            };
+            self.peers.send(i, &Message::ProxyRequest(req));
+        }
+    }
+
+    fn mark_dirty(&mut self, peer: String) {
+        if !self.requests_dirty.contains(&peer) {
+            self.requests_dirty.push(peer);
+        }
+    }
+
+    /// Sends what changed for each peer since the last call.
+    fn flush_requests(&mut self) {
+        for peer in std::mem::take(&mut self.requests_dirty) {
+            self.send_proxy_state(&peer);
+        }
+    }
+
+    /// Whether any machine has a path: the kernel interface's carrier.
+    fn any_path(&self) -> bool {
+        self.failover.carrier() || self.remote.iter().any(|r| r.failover.carrier())
+    }
+
+    fn apply(&mut self, now: Duration, who: Machine, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::RequestProxy(peer) => {
-                    let Some(i) = self.peers.index_of(&peer) else {
-                        continue;
-                    };
-                    self.peers.peers[i].last_request_id += 1;
-                    let req = ProxyRequest {
-                        id: self.peers.peers[i].last_request_id,
-                        macs: self.cfg.kernel.macs.clone(),
-                        domains: self.local_domains.iter().map(|d| d.0).collect(),
-                    };
-                    tracing::info!(%peer, "requesting proxy");
-                    self.peers.send(i, &Message::ProxyRequest(req));
+                    self.requests.request(who, &peer);
+                    self.mark_dirty(peer);
                 }
                 Action::ReleaseProxy(peer) => {
-                    let Some(i) = self.peers.index_of(&peer) else {
-                        continue;
-                    };
-                    self.peers.peers[i].last_request_id += 1;
-                    let id = self.peers.peers[i].last_request_id;
-                    tracing::info!(%peer, "releasing proxy");
-                    self.peers
-                        .send(i, &Message::ProxyRelease(ProxyRelease { id }));
+                    self.requests.release(who, &peer);
+                    self.mark_dirty(peer);
+                }
+                Action::Announce if who != Machine::Local => {
+                    // The kernel interface's own addresses belong to the local domains; in a
+                    // domain reached through a peer, teach the switch the MAC's new port with
+                    // ARP probes in that domain's VLAN.
+                    let Machine::Remote(r) = who else { continue };
+                    let vlan = self.vlan_of(self.remote[r].domain);
+                    let macs: Vec<_> = self
+                        .cfg
+                        .kernel
+                        .macs
+                        .iter()
+                        .map(|m| ::dataplane::wire::MacAddr(m.0))
+                        .collect();
+                    self.announcer.probe_from(&macs, vlan);
+                }
+                Action::SetUplink(u) if who != Machine::Local => {
+                    let Machine::Remote(r) = who else { continue };
+                    let steer = self.steer_uplink(&u);
+                    let d = self.remote[r].domain;
+                    if let Err(e) = self.dp.table.set_uplink(d, steer) {
+                        tracing::error!("setting the uplink of domain {}: {e}", d.0);
+                    }
+                    self.dp.publish();
+                    tracing::info!(domain = %self.remote[r].name, uplink = %uplink_label(&u), "path of a remote domain changed");
                 }
                 Action::SetUplink(u) => {
-                    let steer = match &u {
-                        Uplink::None => SteerUplink::None,
-                        Uplink::Nic => SteerUplink::Nic,
-                        Uplink::Session(p) => match self.peers.index_of(p) {
-                            Some(i) => SteerUplink::Session(SessionId(i as u16)),
-                            None => SteerUplink::None,
-                        },
-                    };
+                    let steer = self.steer_uplink(&u);
                     for d in &self.local_domains {
                         if let Err(e) = self.dp.table.set_uplink(*d, steer) {
                             tracing::error!("setting the uplink of domain {}: {e}", d.0);
@@ -617,13 +726,35 @@ impl Daemon {
                         self.announcer.trigger(now);
                     }
                 }
-                Action::SetCarrier(on) => {
+                Action::SetCarrier(_) => {
+                    // One interface for every domain: carrier while any domain has a path.
+                    let on = self.any_path();
                     if self.carrier_wanted != Some(on) {
                         self.carrier_wanted = Some(on);
                         self.linkwatch.set_kernel_carrier(on);
                     }
                 }
             }
+        }
+    }
+
+    /// The VLAN of a domain, `None` if untagged.
+    fn vlan_of(&self, d: DomainId) -> Option<u16> {
+        self.cfg
+            .domains
+            .iter()
+            .find(|c| c.id == d.0)
+            .and_then(|c| c.vlan)
+    }
+
+    fn steer_uplink(&self, u: &Uplink) -> SteerUplink {
+        match u {
+            Uplink::None => SteerUplink::None,
+            Uplink::Nic => SteerUplink::Nic,
+            Uplink::Session(p) => match self.peers.index_of(p) {
+                Some(i) => SteerUplink::Session(SessionId(i as u16)),
+                None => SteerUplink::None,
+            },
         }
     }
 
@@ -675,7 +806,17 @@ impl Daemon {
                         .iter()
                         .map(|m| ::dataplane::wire::MacAddr(m.0))
                         .collect();
-                    let sent = self.announcer.probe_from(&macs);
+                    // In every domain the client is carried in, with that domain's tag.
+                    let domains = self
+                        .proxy
+                        .clients()
+                        .get(&peer)
+                        .map(|c| c.domains.clone())
+                        .unwrap_or_default();
+                    let mut sent = 0;
+                    for d in domains {
+                        sent += self.announcer.probe_from(&macs, self.vlan_of(DomainId(d)));
+                    }
                     tracing::info!(%peer, sent, "announced the client's MACs from our NIC");
                 }
                 ProxyAction::SendAck { peer, id, status } => {
@@ -789,6 +930,7 @@ impl Daemon {
             "uplink": uplink_label(&self.failover.uplink()),
             "carrier": self.carrier,
             "proxy_order": self.failover.params().proxies,
+            "remote_domains": self.remote.iter().map(|r| json!({"domain": r.domain.0, "name": r.name, "uplink": uplink_label(&r.failover.uplink()), "carrier": r.failover.carrier(), "proxy_order": r.failover.params().proxies})).collect::<Vec<_>>(),
             "proxies": self.failover.proxy_status().iter().map(|p| json!({"peer": p.id, "session_up": p.session_up, "link_usable": p.link_usable, "refused": p.refused, "installed": p.installed})).collect::<Vec<_>>(),
             "sessions": sessions,
             "clients": clients,
