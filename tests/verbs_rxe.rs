@@ -484,6 +484,44 @@ fn inner_bad_input() {
         "{text}"
     );
 
+    // A listener that vets requests turns an unknown one away with rdma_reject: the
+    // connector hears the reason, no QP is ever accepted, and the listener goes on.
+    let listener = Listener::bind(SocketAddr::new(lab.ip_a, 0)).expect("listen");
+    let target = listener.local_addr();
+    let setup_a = a.setup.clone();
+    let vetting = thread::spawn(move || {
+        let mut asked = None;
+        let res = listener.accept_vetted(
+            &setup_a,
+            b"A",
+            Duration::from_secs(30),
+            |from, claimed| {
+                asked = Some((from, claimed.to_vec()));
+                Err("node \"intruder\" is not a configured peer".to_owned())
+            },
+            |_| panic!("a refused request must not get a QP"),
+        );
+        (res.map(drop), asked)
+    });
+    let err = assert_quick("connect to a listener that refuses us", t, || {
+        Connection::connect(&b.setup, Some(lab.ip_b), target, b"intruder", t)
+    });
+    let text = err.to_string();
+    assert!(matches!(err, VerbsError::Rejected { .. }), "{text}");
+    assert!(
+        text.contains("rejected by the peer application") && text.contains("not a configured peer"),
+        "{text}"
+    );
+    let (res, asked) = vetting.join().expect("vetting thread");
+    let refused = res.expect_err("the listener refused");
+    println!("RESULT listener side of the refusal: {refused}");
+    assert!(matches!(refused, VerbsError::Refused { .. }), "{refused}");
+    let (from, claimed) = asked.expect("vet was asked");
+    assert_eq!(
+        (from.ip(), claimed.as_slice()),
+        (lab.ip_b, &b"intruder"[..])
+    );
+
     // An address nobody has: no answer at all, so the timeout must fire.
     let t = Duration::from_secs(3);
     let err = assert_quick("connect to an unreachable address", t, || {
@@ -714,26 +752,44 @@ fn inner_completion_channel_batches_and_imm() {
     let mut got = 0u64;
     let mut wakeups = 0;
     let mut buf = [0u8; 100];
+    let start = Instant::now();
     while got < 40 {
-        let token = chan
-            .wait(Some(t))
-            .expect("wait")
-            .expect("a completion event within 30 s");
+        let Some(token) = chan.wait(Some(t)).expect("wait") else {
+            // Tell a lost event (completions waiting, no wake-up) from lost messages.
+            let waiting = recv_cq.poll(&mut wcs).expect("poll").len();
+            panic!(
+                "no completion event within {t:?} after {got} of 40 messages \
+                 ({wakeups} wake-ups, {:.1} s since go); {waiting} completions were \
+                 waiting in the CQ; sender finished: {}",
+                start.elapsed().as_secs_f64(),
+                b.is_finished()
+            );
+        };
         assert_eq!(token, 7, "the token given to the CQ");
         wakeups += 1;
-        // Re-arm before draining, or a completion between the two would be missed.
+        // Re-arm before draining, or a completion between the two would be missed; then
+        // drain until the CQ is empty: an event stands for every completion up to the
+        // re-arm, and completions left behind fire no new event (all 40 can be waiting
+        // at the first wake-up, more than one poll of 32 takes).
         recv_cq.req_notify(false).expect("re-arm");
-        for wc in recv_cq.poll(&mut wcs).expect("poll") {
-            wc.ok().expect("receive completion");
-            assert_eq!(wc.wr_id(), got, "receives complete in order");
-            assert_eq!(wc.byte_len(), 100);
-            recv_mr
-                .read(wc.wr_id() as usize * BUF, &mut buf)
-                .expect("read");
-            assert_eq!(buf, [got as u8; 100]);
-            let want_imm = (got >= 32).then(|| 0xC0DE_0000 + got as u32);
-            assert_eq!(wc.imm_data(), want_imm, "message {got}");
-            got += 1;
+        loop {
+            let polled = recv_cq.poll(&mut wcs).expect("poll");
+            let n = polled.len();
+            for wc in polled {
+                wc.ok().expect("receive completion");
+                assert_eq!(wc.wr_id(), got, "receives complete in order");
+                assert_eq!(wc.byte_len(), 100);
+                recv_mr
+                    .read(wc.wr_id() as usize * BUF, &mut buf)
+                    .expect("read");
+                assert_eq!(buf, [got as u8; 100]);
+                let want_imm = (got >= 32).then(|| 0xC0DE_0000 + got as u32);
+                assert_eq!(wc.imm_data(), want_imm, "message {got}");
+                got += 1;
+            }
+            if n == 0 {
+                break;
+            }
         }
     }
     println!("RESULT completion channel: 40 messages (32 in one batch, 8 with immediate data) in {wakeups} wake-ups");

@@ -5,8 +5,10 @@
 //! the other's `fabric.address` (its rdma_cm port), from its own fabric IP; the other
 //! accepts on a listener bound to its own `fabric.address`. The connect request carries
 //! the connecting node's id as private data, and the accept carries the acceptor's: each
-//! side checks that the other is the configured peer at the configured IP, and drops the
-//! connection otherwise. That check is not authentication: a QP only ever carries frames
+//! side checks that the other is the configured peer at the configured IP. The acceptor
+//! checks before it accepts and turns anyone else away with rdma_reject (the reason
+//! travels in the reject's private data, so the other side's log says why); the connector
+//! drops a connection whose acceptor is not the node it expected. That check is not authentication: a QP only ever carries frames
 //! that the steering table sends to it, and the table follows the authenticated control
 //! sessions (a proxy installs a client's MACs only on its authenticated request).
 //!
@@ -46,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use dataplane::dpdk::Mempool;
 use dataplane::fabric::verbs::{
-    new_fabric, AddError, NewSession, SessionPreparer, VerbsControl, VerbsEvent, VerbsIo,
-    VerbsParams,
+    new_fabric, AddError, NewSession, SessionPreparer, VerbsControl, VerbsCounters, VerbsEvent,
+    VerbsIo, VerbsParams,
 };
 use dataplane::steer::SessionId;
 use dataplane::verbs::{ConnStatus, Connection, Context, Listener, VerbsError};
@@ -300,6 +302,11 @@ impl VerbsSessions {
         })
     }
 
+    /// The worker's verbs counters, as it last published them.
+    pub fn counters(&self) -> VerbsCounters {
+        self.control.counters()
+    }
+
     /// Whether peer `i` has a working QP.
     pub fn is_up(&self, i: usize) -> bool {
         self.peers.get(i).is_some_and(|p| p.active.is_some())
@@ -456,7 +463,21 @@ impl VerbsSessions {
                 })
             })
             .collect();
-        json!({ "sessions": peers, "pending_commands": self.pending.len() })
+        let c = self.control.counters();
+        json!({
+            "sessions": peers,
+            "pending_commands": self.pending.len(),
+            "worker": {
+                "inline_sends": c.inline_sends,
+                "gather_sends": c.gather_sends,
+                "signalled_sends": c.signalled,
+                "early_completions": c.early,
+                "stale_completions": c.stale,
+                "error_completions": c.errors,
+                "sessions_added": c.added,
+                "sessions_removed": c.removed,
+            },
+        })
     }
 
     /// Stops the rdma_cm threads and lets go of every connection (the worker, stopped
@@ -620,34 +641,49 @@ impl AcceptThread {
     fn run(self) {
         while !self.stop.load(Ordering::Relaxed) {
             let mut prep = self.preparer.prepare();
-            let result = self.listener.accept_with(
+            let mut peer = None;
+            let result = self.listener.accept_vetted(
                 self.preparer.setup(),
                 self.own.as_bytes(),
                 ACCEPT_WAIT,
+                |from, claimed| {
+                    let t = self
+                        .peers
+                        .iter()
+                        .find(|t| t.id.as_bytes() == claimed && t.addr.ip() == from.ip());
+                    peer = t.map(|t| t.index);
+                    match t {
+                        Some(_) => Ok(()),
+                        None => Err(format!(
+                            "node {:?} at {} is not a configured peer of {}",
+                            String::from_utf8_lossy(claimed),
+                            from.ip(),
+                            self.own
+                        )),
+                    }
+                },
                 |qp| prep.post(qp),
             );
             let conn = match result {
                 Ok(conn) => conn,
                 Err(VerbsError::Timeout { .. }) => continue,
+                Err(e @ VerbsError::Refused { .. }) => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!("accepting an RDMA connection: {e}");
                     continue;
                 }
             };
-            let claimed = String::from_utf8_lossy(conn.peer_private_data()).into_owned();
-            let from = conn.peer_addr();
-            let Some(t) = self
-                .peers
-                .iter()
-                .find(|t| t.id == claimed && t.addr.ip() == from.ip())
-            else {
-                tracing::warn!(%from, node = %claimed, "dropped an RDMA connection from a node that is not a configured peer at that address");
+            let Some(index) = peer else {
+                // vet accepted, so it named the peer; keep the QP out of service otherwise.
                 drop(conn);
                 drop(prep);
                 continue;
             };
             let new = Box::new(prep.finish(conn));
-            if self.out.send(Established { peer: t.index, new }).is_err() {
+            if self.out.send(Established { peer: index, new }).is_err() {
                 return;
             }
         }

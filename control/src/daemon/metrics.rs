@@ -52,6 +52,9 @@ pub struct Metrics {
     pub announcements: IntGauge,
     /// Kernel interface carrier (1 on).
     pub carrier: IntGauge,
+    /// The verbs fabric's own counters (`nicproxy_verbs_*_total`), by counter.
+    verbs: IntCounterVec,
+    verbs_last: Vec<u64>,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -206,7 +209,49 @@ impl Metrics {
                 IntGauge::new("kernel_carrier", "Carrier of the kernel interface (1 on)")
                     .expect("valid"),
             ),
+            verbs: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "verbs_work_requests_total",
+                        "Verbs fabric work requests and completions per worker: sends inline / \
+                         gathered from the mbuf / signalled, completions early / stale / in \
+                         error, sessions added / removed",
+                    ),
+                    &["worker", "kind"],
+                )
+                .expect("valid"),
+            ),
+            verbs_last: Vec::new(),
             registry,
+        }
+    }
+
+    /// Folds worker `worker`'s verbs fabric counters (absolute) into the metrics.
+    #[cfg(feature = "verbs")]
+    pub fn update_verbs(&mut self, worker: usize, c: &::dataplane::fabric::verbs::VerbsCounters) {
+        let now = [
+            ("inline_send", c.inline_sends),
+            ("gather_send", c.gather_sends),
+            ("signalled_send", c.signalled),
+            ("early_completion", c.early),
+            ("stale_completion", c.stale),
+            ("error_completion", c.errors),
+            ("session_added", c.added),
+            ("session_removed", c.removed),
+        ];
+        let wl = worker.to_string();
+        for (k, &(kind, v)) in now.iter().enumerate() {
+            let slot = k + worker * now.len();
+            if self.verbs_last.len() <= slot {
+                self.verbs_last.resize(slot + 1, 0);
+            }
+            let last = &mut self.verbs_last[slot];
+            // Exported even at zero, so dashboards see the series from the first scrape.
+            self.verbs
+                .with_label_values(&[wl.as_str(), kind])
+                .inc_by(v.saturating_sub(*last));
+            *last = v;
         }
     }
 

@@ -14,6 +14,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 pub mod header;
+#[cfg(feature = "dpdk")]
+pub mod txq;
 pub mod udp;
 #[cfg(all(feature = "dpdk", feature = "verbs"))]
 pub mod verbs;

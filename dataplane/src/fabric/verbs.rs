@@ -39,7 +39,7 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::ptr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rdma_core_sys as sys;
@@ -47,6 +47,7 @@ use rdma_core_sys as sys;
 use crate::counters::{DropReason, DropTally};
 use crate::dpdk::{Burst, Mbuf, Mempool, BURST_SIZE};
 use crate::fabric::header::{is_data_header, DATA_HEADER, DATA_HEADER_LEN};
+use crate::fabric::txq::SessionTxQueue;
 use crate::steer::{SessionId, MAX_SESSIONS};
 use crate::verbs::{
     Access, CompletionQueue, Connection, Context, MemoryRegion, ProtectionDomain, QpConfig,
@@ -609,6 +610,7 @@ pub struct VerbsControl {
     cmds: rtrb::Producer<Command>,
     events: rtrb::Consumer<VerbsEvent>,
     sessions: u16,
+    counters: Arc<CounterCells>,
 }
 
 impl fmt::Debug for VerbsControl {
@@ -649,6 +651,12 @@ impl VerbsControl {
     /// The next event from the worker, if any.
     pub fn poll_event(&mut self) -> Option<VerbsEvent> {
         self.events.pop().ok()
+    }
+
+    /// The worker's counters as it last published them (at its last flush: every drain
+    /// interval while it runs).
+    pub fn counters(&self) -> VerbsCounters {
+        self.counters.load()
     }
 }
 
@@ -717,6 +725,7 @@ pub fn new_fabric(
     header.write(0, &DATA_HEADER)?;
     let (cmd_tx, cmd_rx) = rtrb::RingBuffer::new(4 * usize::from(p.sessions) + 16);
     let (ev_tx, ev_rx) = rtrb::RingBuffer::new(4 * usize::from(p.sessions) + 16);
+    let published = Arc::new(CounterCells::default());
     let io = VerbsIo {
         slots: (0..p.sessions).map(|_| None).collect(),
         by_gen: Vec::with_capacity(usize::from(p.sessions)),
@@ -729,11 +738,11 @@ pub fn new_fabric(
         early: Vec::with_capacity(EARLY_CAPACITY),
         newest_gen: None,
         wcs: Box::new([WorkCompletion::default(); BURST_SIZE]),
-        tx: Burst::new(),
-        tx_sessions: [SessionId(0); BURST_SIZE],
+        tx: SessionTxQueue::new(),
         owed: 0,
         header_sge: (header.addr() as u64, header.lkey()),
         counters: VerbsCounters::default(),
+        published: Arc::clone(&published),
         cq,
         _header: header,
         reg: Arc::clone(&reg),
@@ -744,6 +753,7 @@ pub fn new_fabric(
             cmds: cmd_tx,
             events: ev_rx,
             sessions: p.sessions,
+            counters: published,
         },
         preparer: SessionPreparer {
             setup,
@@ -776,6 +786,43 @@ pub struct VerbsCounters {
     pub added: u64,
     /// See `added`.
     pub removed: u64,
+}
+
+/// [`VerbsCounters`] as the worker publishes them for control: the worker is the only
+/// writer and stores whole values (no read-modify-write), control loads them.
+#[derive(Debug, Default)]
+struct CounterCells([AtomicU64; 8]);
+
+impl CounterCells {
+    fn store(&self, c: &VerbsCounters) {
+        let v = [
+            c.inline_sends,
+            c.gather_sends,
+            c.signalled,
+            c.early,
+            c.stale,
+            c.errors,
+            c.added,
+            c.removed,
+        ];
+        for (cell, v) in self.0.iter().zip(v) {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn load(&self) -> VerbsCounters {
+        let r = |i: usize| self.0[i].load(Ordering::Relaxed);
+        VerbsCounters {
+            inline_sends: r(0),
+            gather_sends: r(1),
+            signalled: r(2),
+            early: r(3),
+            stale: r(4),
+            errors: r(5),
+            added: r(6),
+            removed: r(7),
+        }
+    }
 }
 
 struct Events {
@@ -819,12 +866,12 @@ pub struct VerbsIo {
     newest_gen: Option<u32>,
     /// Boxed: the worker moves its fabric by value, and this is most of its size.
     wcs: Box<[WorkCompletion; BURST_SIZE]>,
-    tx: Burst,
-    tx_sessions: [SessionId; BURST_SIZE],
+    tx: SessionTxQueue,
     /// Sessions (bit = index) with receives to repost.
     owed: u64,
     header_sge: (u64, u32),
     counters: VerbsCounters,
+    published: Arc<CounterCells>,
     // Drop order: sessions (QPs) above, then the CQ, the header region, the pool
     // registration.
     cq: Arc<CompletionQueue>,
@@ -1145,24 +1192,18 @@ impl VerbsIo {
         delivered
     }
 
-    /// Queues `m` for `session`; posts the queue when it is full.
+    /// The queue `FabricIo::tx` fills and [`VerbsIo::flush`] posts.
     #[inline]
-    pub(crate) fn tx(&mut self, session: SessionId, m: Mbuf, tally: &mut DropTally) -> (u64, u64) {
-        let mut sent = (0, 0);
-        if self.tx.is_full() {
-            sent = self.flush(tally);
-        }
-        let at = self.tx.len();
-        if self.tx.push(m).is_ok() {
-            self.tx_sessions[at] = session;
-        }
-        sent
+    pub(crate) fn tx_queue(&mut self) -> &mut SessionTxQueue {
+        &mut self.tx
     }
 
     /// Posts everything queued, one chain (one doorbell) per session. Returns (frames,
     /// bytes) posted, headers included in the bytes.
     #[inline]
     pub(crate) fn flush(&mut self, tally: &mut DropTally) -> (u64, u64) {
+        // The worker flushes every drain interval: the place to publish the counters.
+        self.published.store(&self.counters);
         let n = self.tx.len();
         if n == 0 {
             return (0, 0);
@@ -1177,11 +1218,11 @@ impl VerbsIo {
             if taken & (1 << k) != 0 {
                 continue;
             }
-            let session = self.tx_sessions[k];
+            let session = self.tx.session_at(k);
             let mut group = [0usize; BURST_SIZE];
             let mut g = 0;
             for j in k..n {
-                if taken & (1 << j) == 0 && self.tx_sessions[j] == session {
+                if taken & (1 << j) == 0 && self.tx.session_at(j) == session {
                     taken |= 1 << j;
                     group[g] = j;
                     g += 1;

@@ -29,6 +29,9 @@ use super::qp::{QpSetup, QpState, QueuePair};
 pub const CONNECT_PRIVATE_DATA_MAX: usize = 55;
 /// Largest private data [`Listener::accept`] can carry (CM reply, minus our length byte).
 pub const ACCEPT_PRIVATE_DATA_MAX: usize = 195;
+/// Largest reason [`Listener::accept_vetted`] sends with a reject (an IB CM reject's
+/// private data, 148 bytes, minus our length byte, kept short of the limit).
+pub const REJECT_PRIVATE_DATA_MAX: usize = 140;
 /// What the CM delivers at most (an IB CM reply's private data).
 const PRIVATE_DATA_BUF: usize = 196;
 const LISTEN_BACKLOG: c_int = 16;
@@ -215,6 +218,9 @@ fn status_text(kind: sys::rdma_cm_event_type::Type, status: i32) -> String {
     }
     format!("status {status}")
 }
+
+/// The IB CM reject reason of a reject sent by the peer's application (rdma_reject).
+const CONSUMER_REJECT: i32 = 28;
 
 /// IB CM reject reasons (IBTA 12.6.7.2) that a RoCE peer sends.
 fn reject_reason(status: i32) -> Cow<'static, str> {
@@ -598,6 +604,23 @@ impl Listener {
         timeout: Duration,
         prepare: impl FnOnce(&QueuePair) -> Result<()>,
     ) -> Result<Connection> {
+        self.accept_vetted(setup, private_data, timeout, |_, _| Ok(()), prepare)
+    }
+
+    /// [`Listener::accept_with`], first asking `vet` about the request: it gets the
+    /// peer's address and private data, and an `Err(reason)` turns the request away with
+    /// `rdma_reject` before any QP exists (the connecting side gets
+    /// [`VerbsError::Rejected`] naming the reason, cut to [`REJECT_PRIVATE_DATA_MAX`]
+    /// bytes) and returns [`VerbsError::Refused`]. An unknown peer is thus never accepted
+    /// and then disconnected.
+    pub fn accept_vetted(
+        &self,
+        setup: &QpSetup,
+        private_data: &[u8],
+        timeout: Duration,
+        vet: impl FnOnce(SocketAddr, &[u8]) -> std::result::Result<(), String>,
+        prepare: impl FnOnce(&QueuePair) -> Result<()>,
+    ) -> Result<Connection> {
         const OP: &str = "waiting for an rdma_cm connection request";
         let framed = frame_private_data(
             private_data,
@@ -648,6 +671,24 @@ impl Listener {
                     setup.context().name()
                 ),
             ));
+        }
+        if let Err(reason) = vet(peer, &peer_private) {
+            let mut cut = reason.len().min(REJECT_PRIVATE_DATA_MAX);
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let framed =
+                frame_private_data(&reason.as_bytes()[..cut], REJECT_PRIVATE_DATA_MAX, OP)?;
+            let len = u8::try_from(framed.len()).unwrap_or(u8::MAX);
+            // SAFETY: the id is a valid, unaccepted request; the private data is valid for
+            // the call (librdmacm copies it). The id is destroyed when `id` drops.
+            let rc = unsafe { sys::rdma_reject(id.as_ptr(), framed.as_ptr().cast(), len) };
+            if rc != 0 {
+                return Err(VerbsError::last_os(format!(
+                    "rejecting the rdma_cm connection request from {peer} ({reason})"
+                )));
+            }
+            return Err(VerbsError::Refused { peer, reason });
         }
         // SAFETY: both are valid; the id has no unacknowledged events.
         if unsafe { sys::rdma_migrate_id(id.as_ptr(), channel.0.as_ptr()) } != 0 {
@@ -866,14 +907,24 @@ impl Connection {
                 conn.tune_established(setup);
                 Ok(conn)
             }
-            sys::rdma_cm_event_type::RDMA_CM_EVENT_REJECTED => Err(VerbsError::Rejected {
-                peer: remote,
-                reason: if ev.status > 0 {
+            sys::rdma_cm_event_type::RDMA_CM_EVENT_REJECTED => {
+                let why = if ev.status > 0 {
                     reject_reason(ev.status)
                 } else {
                     status_text(ev.kind, ev.status).into()
-                },
-            }),
+                };
+                // A listener that refused us (accept_vetted) says why in the private data.
+                let said = ev.user_private_data();
+                let reason = if ev.status == CONSUMER_REJECT && !said.is_empty() {
+                    format!("{why}: {}", String::from_utf8_lossy(&said)).into()
+                } else {
+                    why
+                };
+                Err(VerbsError::Rejected {
+                    peer: remote,
+                    reason,
+                })
+            }
             _ => Err(ev.error(op())),
         }
     }

@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdma_core_sys as sys;
 
@@ -57,27 +57,38 @@ impl CompletionChannel {
 
     /// Waits up to `timeout` (forever with `None`) for a completion event. Returns the
     /// token of the CQ that fired (given to [`CompletionQueue::new`]), already
-    /// acknowledged, or `None` on timeout. The CQ must be re-armed with `req_notify`
-    /// before polling it empty, or a completion can slip by unnoticed.
+    /// acknowledged, or `None` on timeout. After a wake-up, re-arm the CQ with
+    /// `req_notify` and then poll it until a poll returns nothing: an event is raised only
+    /// by a completion that arrives while the CQ is armed, so completions left in the CQ
+    /// (more than one poll's array took, or ones that arrived before the re-arm) never
+    /// raise one, and a wait for them times out.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<usize>> {
         const OP: &str = "waiting on a completion channel";
-        if !super::cm::wait_readable(self.fd(), timeout, OP)? {
-            return Ok(None);
-        }
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut cq: *mut sys::ibv_cq = ptr::null_mut();
         let mut token: *mut c_void = ptr::null_mut();
-        // SAFETY: the channel is valid; the out pointers are valid locals. The fd is
-        // non-blocking, so this cannot hang.
-        let rc = unsafe { sys::ibv_get_cq_event(self.ch.as_ptr(), &mut cq, &mut token) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if !super::cm::wait_readable(self.fd(), left, OP)? {
                 return Ok(None);
             }
-            return Err(VerbsError::Os {
-                op: OP.into(),
-                source: err,
-            });
+            // SAFETY: the channel is valid; the out pointers are valid locals. The fd is
+            // non-blocking, so this cannot hang.
+            let rc = unsafe { sys::ibv_get_cq_event(self.ch.as_ptr(), &mut cq, &mut token) };
+            if rc == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            // A readiness that did not hold is not a timeout: wait out the rest.
+            if err.kind() != io::ErrorKind::WouldBlock {
+                return Err(VerbsError::Os {
+                    op: OP.into(),
+                    source: err,
+                });
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
         }
         // SAFETY: cq is the CQ the event was reported for; it is alive (it holds an Arc to
         // this channel and cannot be destroyed with unacknowledged events, which this

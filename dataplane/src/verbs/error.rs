@@ -50,6 +50,15 @@ pub enum VerbsError {
         /// Why, decoded from the CM reject reason.
         reason: Cow<'static, str>,
     },
+    /// A connection request was turned away with `rdma_reject` because the listener's
+    /// check refused it (an unknown peer); the peer sees a reject carrying `reason`.
+    #[error("refused the rdma_cm connection request from {peer}: {reason}")]
+    Refused {
+        /// Who asked.
+        peer: SocketAddr,
+        /// Why it was refused (also sent to the peer as the reject's private data).
+        reason: String,
+    },
     /// rdma_cm reported an event other than the one the step waits for.
     #[error("{op}: rdma_cm reported {event} (status {status}: {status_text})")]
     CmEvent {

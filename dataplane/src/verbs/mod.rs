@@ -19,7 +19,8 @@ mod pd;
 mod qp;
 
 pub use cm::{
-    ConnStatus, Connection, DownReason, Listener, ACCEPT_PRIVATE_DATA_MAX, CONNECT_PRIVATE_DATA_MAX,
+    ConnStatus, Connection, DownReason, Listener, ACCEPT_PRIVATE_DATA_MAX,
+    CONNECT_PRIVATE_DATA_MAX, REJECT_PRIVATE_DATA_MAX,
 };
 pub use cq::{CompletionChannel, CompletionQueue, WcOpcode, WcStatus, WorkCompletion};
 pub use device::{device_names, Context, PortAttr, PortState};

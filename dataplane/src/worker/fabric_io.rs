@@ -9,6 +9,7 @@
 use crate::counters::{DropReason, DropTally};
 use crate::dpdk::{Burst, Mbuf, Mempool, BURST_SIZE};
 use crate::fabric::header::{is_data_header, DATA_HEADER, DATA_HEADER_LEN};
+use crate::fabric::txq::SessionTxQueue;
 use crate::fabric::udp::{RecvMeta, TxFrame, UdpFabric};
 use crate::steer::SessionId;
 
@@ -44,18 +45,35 @@ impl FabricIo {
         }
     }
 
-    /// Queues `m` for `session`; sends the queue when it is full.
+    /// Queues `m` for `session`; sends the queue first when it is full. Returns (frames,
+    /// bytes) sent by that.
     #[inline]
     pub fn tx(&mut self, session: SessionId, m: Mbuf, tally: &mut DropTally) -> (u64, u64) {
+        let mut sent = (0, 0);
+        if self.tx_queue().is_some_and(|q| q.is_full()) {
+            sent = self.flush(tally);
+        }
+        let Some(q) = self.tx_queue() else {
+            drop(m);
+            tally.count(DropReason::UnknownSession);
+            return sent;
+        };
+        if let Err(m) = q.push(session, m) {
+            // Only if the flush above left the queue full, which no backend does.
+            drop(m);
+            tally.count(DropReason::FabricBackpressure);
+        }
+        sent
+    }
+
+    /// The backend's transmit queue (`None` for `FabricIo::None`).
+    #[inline]
+    fn tx_queue(&mut self) -> Option<&mut SessionTxQueue> {
         match self {
-            FabricIo::Udp(u) => u.tx(session, m, tally),
+            FabricIo::Udp(u) => Some(&mut u.tx),
             #[cfg(feature = "verbs")]
-            FabricIo::Verbs(v) => v.tx(session, m, tally),
-            FabricIo::None => {
-                drop(m);
-                tally.count(DropReason::UnknownSession);
-                (0, 0)
-            }
+            FabricIo::Verbs(v) => Some(v.tx_queue()),
+            FabricIo::None => None,
         }
     }
 
@@ -78,8 +96,7 @@ pub struct UdpIo {
     pool: Mempool,
     /// Mbufs allocated ahead, into which the next datagrams are received.
     stash: Burst,
-    tx: Burst,
-    tx_sessions: [SessionId; BURST_SIZE],
+    tx: SessionTxQueue,
     seen_unknown: u64,
     seen_truncated: u64,
 }
@@ -91,8 +108,7 @@ impl UdpIo {
             sock,
             pool,
             stash: Burst::new(),
-            tx: Burst::new(),
-            tx_sessions: [SessionId(0); BURST_SIZE],
+            tx: SessionTxQueue::new(),
             seen_unknown: 0,
             seen_truncated: 0,
         }
@@ -188,27 +204,15 @@ impl UdpIo {
         delivered
     }
 
-    fn tx(&mut self, session: SessionId, m: Mbuf, tally: &mut DropTally) -> (u64, u64) {
-        let mut sent = (0, 0);
-        if self.tx.is_full() {
-            sent = self.flush(tally);
-        }
-        let at = self.tx.len();
-        if self.tx.push(m).is_ok() {
-            self.tx_sessions[at] = session;
-        }
-        sent
-    }
-
     fn flush(&mut self, tally: &mut DropTally) -> (u64, u64) {
         let n = self.tx.len();
         if n == 0 {
             return (0, 0);
         }
-        let queued = self.tx.as_slice();
-        let sessions = &self.tx_sessions;
+        let queued = self.tx.frames();
+        let sessions = self.tx.sessions();
         let frames: [TxFrame<'_>; BURST_SIZE] = core::array::from_fn(|i| TxFrame {
-            session: sessions[i],
+            session: sessions.get(i).copied().unwrap_or_default(),
             head: if i < n { &DATA_HEADER } else { &[] },
             body: queued.get(i).map_or(&[][..], Mbuf::data),
         });
