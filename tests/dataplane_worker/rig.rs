@@ -282,6 +282,7 @@ impl Rig {
             nic: nic_port.queue(0).expect("NIC queue"),
             kernel: kernel.queue(0).expect("kernel queue"),
             fabric: FabricIo::Udp(UdpIo::new(sock, pool.clone())),
+            relay: worker::Relay::Alone,
             table: reader,
             drain_interval: Duration::from_micros(100),
         };

@@ -457,3 +457,28 @@ fn load_key_resolves_relative_to_the_config() {
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     assert_eq!(cfg.load_key().expect("key").as_bytes(), [0xab; 40]);
 }
+
+#[test]
+fn queues_must_match_the_workers() {
+    let two_cores = format!("{MINIMAL}[dataplane]\ncores = [1, 2]\n");
+    let got = errors(&two_cores);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("nic.queues: must equal the number of workers (2"),
+        "{got:?}"
+    );
+    let fixed = two_cores.replace(
+        "devargs = \"net_null0\"",
+        "devargs = \"net_null0\"\nqueues = 2",
+    );
+    assert!(parse(&fixed).is_ok(), "{:?}", errors(&fixed));
+    let too_many = MINIMAL.replace(
+        "devargs = \"net_null0\"",
+        "devargs = \"net_null0\"\nqueues = 3",
+    );
+    assert!(
+        errors(&too_many)[0].contains("(1: the entries"),
+        "{:?}",
+        errors(&too_many)
+    );
+}

@@ -126,6 +126,16 @@ fn nic_and_kernel(c: &mut Checker, cfg: &Config) {
         );
     }
     c.range(path!["nic", "queues"], cfg.nic.queues.into(), 1, 64);
+    // Each worker owns one queue pair of the NIC (and of the kernel port).
+    let workers = cfg.dataplane.cores.len().max(1);
+    if usize::from(cfg.nic.queues) != workers {
+        c.fail(
+            path!["nic", "queues"],
+            format!(
+                "must equal the number of workers ({workers}: the entries of dataplane.cores, or 1 when it is empty), since each worker owns one queue pair"
+            ),
+        );
+    }
     c.range(path!["nic", "mtu"], cfg.nic.mtu.into(), 68, 9600);
 
     let name = &cfg.kernel.name;

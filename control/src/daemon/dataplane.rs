@@ -1,14 +1,27 @@
 //! Brings up the dataplane for a node: EAL, packet pool, the NIC, the kernel exception port
 //! (both inside `dataplane.netns` when set), the fabric (UDP socket, or the verbs device,
-//! its registration of the pool and its listener), the steering table and the worker.
+//! its registration of the pool and its listener), the steering table and the workers.
+//!
+//! N workers (one per `dataplane.cores` entry, at least one): worker `i` owns queue pair
+//! `i` of the NIC and of the kernel port, so each polls and sends on its own queues with no
+//! sharing. The NIC spreads flows over its queues (RSS where the device hashes; af_packet
+//! with `qpairs=N`, which the kernel's fanout hash spreads); the kernel port, a multi-queue
+//! TAP (or virtio-user with N queues), spreads the kernel's flows the same way. The fabric is
+//! driven by worker 0 alone: a UDP socket or a completion queue is one receive source, and
+//! splitting it would need one socket or CQ per worker on both ends of every session, which
+//! management traffic does not need. The other workers pass what they steer to a session
+//! to worker 0 through a lock-free ring each ([`dataplane::worker::relay`]). Every worker has
+//! its own table reader; control publishes each snapshot to all of them.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
+use dataplane::counters::CountersSnapshot;
 use dataplane::dpdk::{Eal, Mempool, Port, PortConfig};
 use dataplane::fabric::udp::UdpFabric;
 use dataplane::steer::{
-    table_channel, DomainId, DomainInfo, MacTableBuilder, SessionId, TablePublisher, Uplink,
+    table_channel, DomainId, DomainInfo, MacTable, MacTableBuilder, PublishError, SessionId,
+    TablePublisher, Uplink,
 };
 use dataplane::sys::netns;
 use dataplane::wire::MacAddr;
@@ -25,11 +38,12 @@ pub struct Dataplane {
     _kernel: Port,
     /// The packet pool.
     pub pool: Mempool,
-    /// The worker.
-    pub worker: Option<WorkerHandle>,
+    /// The workers; worker 0 drives the fabric and runs captures.
+    pub workers: Vec<WorkerHandle>,
     /// Control's mutable copy of the steering table.
     pub table: MacTableBuilder,
-    publisher: TablePublisher,
+    /// One per worker, in worker order.
+    publishers: Vec<TablePublisher>,
     /// Which backend the kernel port uses.
     pub kernel_backend: KernelBackend,
     /// With `fabric.backend = "verbs"`: control's side of the fabric, until the daemon
@@ -86,6 +100,22 @@ pub fn kernel_backed_iface(devargs: &str) -> Option<&str> {
     args.split(',').find_map(|kv| kv.strip_prefix("iface="))
 }
 
+/// Number of workers: one per configured core, at least one.
+pub fn worker_count(cfg: &Config) -> usize {
+    cfg.dataplane.cores.len().max(1)
+}
+
+/// The NIC's devargs, with `qpairs=N` added for an af_packet NIC that does not name it, so
+/// that each of N workers gets a queue pair.
+fn nic_devargs(cfg: &Config, workers: usize) -> String {
+    let d = &cfg.nic.devargs;
+    if workers > 1 && d.starts_with("net_af_packet") && !d.contains("qpairs=") {
+        format!("{d},qpairs={workers}")
+    } else {
+        d.clone()
+    }
+}
+
 /// The devargs of the kernel exception port.
 fn kernel_devargs(cfg: &Config, backend: KernelBackend) -> String {
     let mac = cfg
@@ -96,16 +126,20 @@ fn kernel_devargs(cfg: &Config, backend: KernelBackend) -> String {
         .unwrap_or_default();
     match backend {
         KernelBackend::VirtioUser => format!(
-            "virtio_user0,path=/dev/vhost-net,iface={},mac={mac},queue_size=1024",
-            cfg.kernel.name
+            "virtio_user0,path=/dev/vhost-net,iface={},mac={mac},queue_size=1024,queues={}",
+            cfg.kernel.name,
+            worker_count(cfg)
         ),
         _ => format!("net_tap0,iface={},mac={mac}", cfg.kernel.name),
     }
 }
 
 impl Dataplane {
-    /// Starts everything; the worker runs when this returns.
+    /// Starts everything; the workers run when this returns.
     pub fn start(cfg: &Config) -> Result<Dataplane, DaemonError> {
+        let n = worker_count(cfg);
+        let queues = u16::try_from(n)
+            .map_err(|_| DaemonError::Unsupported("more workers than a port has queue indexes"))?;
         let eal = Eal::init(&eal_args(cfg))?;
         let pool = Mempool::new(&eal, "np-pool", cfg.dataplane.mbufs, 256, 2048 + 128)?;
 
@@ -118,18 +152,22 @@ impl Dataplane {
         let mut nic_cfg = PortConfig::new(pool.clone());
         nic_cfg.mtu = Some(cfg.nic.mtu);
         nic_cfg.promiscuous = true;
-        let nic = Port::open(&cfg.nic.devargs, &nic_cfg)?;
+        (nic_cfg.rx_queues, nic_cfg.tx_queues) = (queues, queues);
+        let nic = Port::open(&nic_devargs(cfg, n), &nic_cfg)?;
 
         let kernel_backend = cfg.kernel.backend.resolve();
         let mut k_cfg = PortConfig::new(pool.clone());
         k_cfg.mtu = Some(cfg.kernel.mtu);
+        (k_cfg.rx_queues, k_cfg.tx_queues) = (queues, queues);
         let kernel = Port::open(&kernel_devargs(cfg, kernel_backend), &k_cfg)?;
         if let Some(ns) = ns {
             ns.leave()?;
         }
 
         let table = initial_table(cfg)?;
-        let (publisher, reader) = table_channel(table_snapshot(&table), 8);
+        let (publishers, readers): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| table_channel(table_snapshot(&table), 8))
+            .unzip();
 
         #[cfg(feature = "verbs")]
         let mut verbs = None;
@@ -161,24 +199,32 @@ impl Dataplane {
             CfgPolling::Busy => Polling::Busy,
             CfgPolling::Adaptive => Polling::ADAPTIVE,
         };
-        let setup = WorkerSetup {
-            name: "np-worker0".into(),
-            core: cfg.dataplane.cores.first().map(|&c| usize::from(c)),
-            polling,
-            nic: nic.queue(0)?,
-            kernel: kernel.queue(0)?,
-            fabric,
-            table: reader,
-            drain_interval: Duration::from_micros(100),
-        };
-        let worker = worker::spawn(&eal, setup)?;
+        let mut fabric = Some(fabric);
+        let mut workers = Vec::with_capacity(n);
+        for (i, (reader, relay)) in readers.into_iter().zip(worker::relays(n)).enumerate() {
+            let q = u16::try_from(i).unwrap_or(u16::MAX);
+            let setup = WorkerSetup {
+                name: format!("np-worker{i}"),
+                core: cfg.dataplane.cores.get(i).map(|&c| usize::from(c)),
+                polling,
+                nic: nic.queue(q)?,
+                kernel: kernel.queue(q)?,
+                fabric: fabric.take().unwrap_or(FabricIo::None),
+                relay,
+                table: reader,
+                drain_interval: Duration::from_micros(100),
+            };
+            // A worker that fails to start stops the ones already running (their handles
+            // stop them on drop).
+            workers.push(worker::spawn(&eal, setup)?);
+        }
         Ok(Dataplane {
             nic,
             _kernel: kernel,
             pool,
-            worker: Some(worker),
+            workers,
             table,
-            publisher,
+            publishers,
             kernel_backend,
             #[cfg(feature = "verbs")]
             verbs,
@@ -186,40 +232,71 @@ impl Dataplane {
         })
     }
 
-    /// Publishes the current table to the worker and frees the tables it gave back.
+    /// Publishes the current table to every worker and frees the tables they gave back.
     pub fn publish(&mut self) {
-        self.publisher.reclaim();
-        let mut snapshot = self.table.build();
-        // The worker takes a table every loop iteration, so the ring drains within
-        // microseconds; a full ring only happens if the worker is stuck.
-        for _ in 0..1000 {
-            match self.publisher.publish(snapshot) {
-                Ok(()) => return,
-                Err(dataplane::steer::PublishError::Full { table, .. }) => {
-                    snapshot = table;
-                    std::thread::sleep(Duration::from_micros(50));
-                    self.publisher.reclaim();
-                }
-                Err(dataplane::steer::PublishError::Disconnected { .. }) => {
-                    tracing::error!("the worker is gone; the table update was not applied");
-                    return;
-                }
-            }
+        let snapshot = self.table.build();
+        for (i, publisher) in self.publishers.iter_mut().enumerate() {
+            publish_to(i, publisher, Box::new((*snapshot).clone()));
         }
-        tracing::error!("the worker took no table for 50 ms; the update was not applied");
     }
 
-    /// Stops the worker and closes the ports.
+    /// Each worker's counters, in worker order.
+    pub fn counters_per_worker(&self) -> Vec<CountersSnapshot> {
+        self.workers.iter().map(WorkerHandle::counters).collect()
+    }
+
+    /// Every worker's counters summed.
+    pub fn counters(&self) -> CountersSnapshot {
+        CountersSnapshot::sum(&self.counters_per_worker())
+    }
+
+    /// Whether every worker thread is still running.
+    pub fn workers_running(&self) -> bool {
+        self.workers.iter().all(WorkerHandle::is_running)
+    }
+
+    /// Control's end of frame capture, which runs on worker 0 (the fabric's owner); `None`
+    /// once taken.
+    pub fn take_capture(&mut self) -> Option<dataplane::worker::capture::CaptureControl> {
+        self.workers
+            .first_mut()
+            .and_then(WorkerHandle::take_capture)
+    }
+
+    /// Stops the workers and closes the ports.
     pub fn stop(&mut self) {
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
+            let name = w.name().to_owned();
             if let Err(e) = w.stop() {
-                tracing::error!("stopping the worker: {e}");
+                tracing::error!("stopping {name}: {e}");
             }
         }
     }
 }
 
-fn table_snapshot(b: &MacTableBuilder) -> Box<dataplane::steer::MacTable> {
+/// Publishes `snapshot` to worker `i`, waiting briefly if its ring is full.
+fn publish_to(i: usize, publisher: &mut TablePublisher, mut snapshot: Box<MacTable>) {
+    publisher.reclaim();
+    // The worker takes a table every loop iteration, so the ring drains within
+    // microseconds; a full ring only happens if the worker is stuck.
+    for _ in 0..1000 {
+        match publisher.publish(snapshot) {
+            Ok(()) => return,
+            Err(PublishError::Full { table, .. }) => {
+                snapshot = table;
+                std::thread::sleep(Duration::from_micros(50));
+                publisher.reclaim();
+            }
+            Err(PublishError::Disconnected { .. }) => {
+                tracing::error!("worker {i} is gone; the table update was not applied");
+                return;
+            }
+        }
+    }
+    tracing::error!("worker {i} took no table for 50 ms; the update was not applied");
+}
+
+fn table_snapshot(b: &MacTableBuilder) -> Box<MacTable> {
     let mut b = b.clone();
     b.build()
 }

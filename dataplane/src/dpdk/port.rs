@@ -588,7 +588,14 @@ impl PortInner {
             ));
         }
 
-        let conf = ffi::rte_eth_conf::default();
+        let mut conf = ffi::rte_eth_conf::default();
+        if cfg.rx_queues > 1 && info.flow_type_rss_offloads != 0 {
+            // Spread flows over the rx queues (one per worker) by the hash of every field the
+            // device can hash. Devices without RSS (af_packet spreads its queues with the
+            // kernel's PACKET_FANOUT hash instead) keep the default.
+            conf.rxmode.mq_mode = ffi::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = info.flow_type_rss_offloads;
+        }
         // SAFETY: the port is valid and not started; conf is read during the call.
         let rc = unsafe { ffi::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf) };
         check(rc, || {

@@ -85,7 +85,7 @@ mod tests;
 
 pub use builder::{MacTableBuilder, TableError};
 pub use classify::{classify, Classified};
-pub use decide::{decide, steer, steer_bulk};
+pub use decide::{decide, steer, steer_bulk, steer_bulk_from};
 pub use publish::{table_channel, PublishError, TablePublisher, TableReader};
 pub use table::{
     mac_key, DomainInfo, MacTable, DEFAULT_ETHERTYPES, DEFAULT_MAX_FRAME_LEN, MAX_ETHERTYPES,

@@ -1288,3 +1288,68 @@ fn upstream_probe_from_the_nic_mac_leaves_by_the_nic_whatever_the_uplink() {
         Decision::Drop(DropReason::NoPath)
     );
 }
+
+/// Bulk steering, with one source or a source per frame, decides exactly as one-by-one
+/// steering does: runs of one flow, interleaved with tagged frames, runts, oversize frames,
+/// other sources and near-identical headers.
+#[test]
+fn bulk_reuse_matches_steering_frame_by_frame() {
+    let t = base_builder().build();
+    let mut long = frame(LOCAL, LAN, Tags::Untagged);
+    long.resize(t.max_frame_len() + 1, 0);
+    let mut runt = frame(LOCAL, LAN, Tags::Untagged);
+    runt.truncate(13);
+    let mut arp = frame(LOCAL, LAN, Tags::Untagged);
+    arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+    let mut lldp = frame(LOCAL, LAN, Tags::Untagged);
+    lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+    let pieces: Vec<Vec<u8>> = vec![
+        frame(LOCAL, LAN, Tags::Untagged),
+        frame(LOCAL, LAN, Tags::Untagged),
+        long.clone(),
+        frame(LOCAL, LAN, Tags::Untagged),
+        runt,
+        frame(LOCAL, LAN, Tags::Untagged),
+        lldp,
+        arp,
+        frame(LOCAL, LAN, Tags::Q(10)),
+        frame(LOCAL, LAN, Tags::Q(20)),
+        frame(LOCAL, LAN, Tags::Q(20)),
+        frame(A, LAN, Tags::Untagged),
+        frame(A, B, Tags::Untagged),
+        frame(A, B, Tags::Untagged),
+        frame(BCAST, A, Tags::Untagged),
+        frame(BCAST, A, Tags::Untagged),
+        frame(BCAST, B, Tags::Untagged),
+        long,
+        frame(LAN, A, Tags::Untagged),
+        frame(LAN, A, Tags::Untagged),
+    ];
+    let sources = [NIC, KERNEL, FROM_A, FROM_B, FROM_C];
+    let mut rng = XorShift(7);
+    for round in 0..200 {
+        // Shuffled runs of repeated pieces, each frame from a random or a repeated source.
+        let mut frames = Vec::new();
+        let mut srcs = Vec::new();
+        while frames.len() < 32 {
+            let p = &pieces[(rng.next_u64() % pieces.len() as u64) as usize];
+            let s = sources[(rng.next_u64() % sources.len() as u64) as usize];
+            for _ in 0..=(rng.next_u64() % 4) {
+                frames.push(p.clone());
+                srcs.push(if round % 2 == 0 { s } else { FROM_A });
+            }
+        }
+        let mut got = vec![Decision::Nic; frames.len()];
+        steer_bulk_from(&t, |i| srcs[i], &frames, &mut got);
+        let want: Vec<Decision> = frames
+            .iter()
+            .zip(&srcs)
+            .map(|(f, &s)| steer(&t, s, f))
+            .collect();
+        assert_eq!(got, want, "round {round}");
+        let mut got = vec![Decision::Nic; frames.len()];
+        steer_bulk(&t, KERNEL, &frames, &mut got);
+        let want: Vec<Decision> = frames.iter().map(|f| steer(&t, KERNEL, f)).collect();
+        assert_eq!(got, want, "round {round}, from the kernel");
+    }
+}

@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod capture;
 pub mod fabric_io;
+pub mod relay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use std::time::Duration;
 
 pub use backoff::{Backoff, Idle, Polling};
 pub use fabric_io::{FabricIo, UdpIo};
+pub use relay::{relays, Relay, Relayed};
 
 use crate::counters::{worker_counters, CounterReader, CounterWriter, CountersSnapshot, DropTally};
 use crate::dpdk::{tsc, Burst, DpdkError, Eal, Mbuf, PortQueue, BURST_SIZE};
-use crate::steer::{steer, Decision, SessionId, Source, TableReader};
+use crate::steer::{steer_bulk, steer_bulk_from, Decision, SessionId, Source, TableReader};
 
 /// Counter index of the NIC port.
 pub const PORT_NIC: usize = 0;
@@ -34,9 +36,6 @@ pub const PORT_NIC: usize = 0;
 pub const PORT_KERNEL: usize = 1;
 /// Counter index of the fabric.
 pub const PORT_FABRIC: usize = 2;
-/// While the NIC and kernel ports are busy, the fabric is polled once per this many loop
-/// iterations (every iteration when they are idle).
-const FABRIC_POLL_EVERY: u32 = 8;
 /// Metric label of each counter index.
 pub const PORT_NAMES: [&str; 3] = ["nic", "kernel", "fabric"];
 
@@ -53,8 +52,11 @@ pub struct WorkerSetup {
     pub nic: PortQueue,
     /// This worker's queue of the kernel exception port.
     pub kernel: PortQueue,
-    /// The fabric.
+    /// The fabric: on worker 0 only when there are several ([`FabricIo::None`] on the
+    /// others, which pass their session frames to worker 0 through `relay`).
     pub fabric: FabricIo,
+    /// This worker's part in getting session frames to the fabric's owner ([`relays`]).
+    pub relay: Relay,
     /// The steering table, as published by control.
     pub table: TableReader,
     /// How often queued frames are sent even when their queue is not full.
@@ -198,17 +200,32 @@ pub fn spawn(eal: &Eal, setup: WorkerSetup) -> Result<WorkerHandle, WorkerError>
     }
 }
 
+/// Frames a tx buffer holds: room for one whole rx burst on top of a burst that is not yet
+/// full, so a steered burst always moves in with one [`Burst::scatter`].
+const TX_ROOM: usize = 2 * BURST_SIZE;
+
 /// One queue of a port, used for both rx and tx by this worker only (DPDK queues are
-/// single-threaded). Outgoing frames wait in `pending` until it fills or the drain timer fires.
+/// single-threaded). Outgoing frames wait in `pending` until a burst's worth is there or the
+/// drain timer fires.
 struct TxQueue {
     queue: PortQueue,
-    pending: Burst,
+    pending: Burst<TX_ROOM>,
     /// Bytes in `pending`, summed as frames are queued.
     pending_bytes: u64,
     port: usize,
 }
 
 impl TxQueue {
+    fn new(queue: PortQueue, port: usize) -> Self {
+        Self {
+            queue,
+            pending: Burst::new(),
+            pending_bytes: 0,
+            port,
+        }
+    }
+
+    /// Queues one frame (the per-frame path: floods, and bursts with mixed decisions).
     #[inline]
     fn push(&mut self, m: Mbuf, out: &mut Stats) {
         if self.pending.is_full() {
@@ -221,6 +238,15 @@ impl TxQueue {
                 drop(m);
                 out.tally[self.port].count(crate::counters::DropReason::TxFull);
             }
+        }
+    }
+
+    /// Sends once a full burst is waiting (what l2fwd does): full bursts go out at once,
+    /// the rest on the drain timer.
+    #[inline]
+    fn flush_if_burst(&mut self, out: &mut Stats) {
+        if self.pending.len() >= BURST_SIZE {
+            self.flush(out);
         }
     }
 
@@ -243,7 +269,8 @@ impl TxQueue {
     }
 }
 
-/// Counts gathered between two flushes to the shared counters.
+/// Counts gathered in plain integers between two flushes to the shared counters (on the
+/// drain timer: the shared block is written once per drain, not per frame or burst).
 #[derive(Default)]
 struct Stats {
     rx: [(u64, u64); 3],
@@ -251,15 +278,43 @@ struct Stats {
     tally: [DropTally; 3],
 }
 
+/// Lanes of [`Burst::scatter`]: the two destinations a burst can move to in bulk.
+const LANE_KERNEL: u8 = 0;
+const LANE_NIC: u8 = 1;
+
+/// Per-burst scratch, kept across bursts so that nothing is initialised per burst.
+struct Scratch {
+    decisions: [Decision; BURST_SIZE],
+    lanes: [u8; BURST_SIZE],
+    sessions: [SessionId; BURST_SIZE],
+}
+
 struct Loop {
     nic_tx: TxQueue,
     kernel_tx: TxQueue,
     fabric: FabricIo,
+    relay: Relay,
+    /// TSC ticks between two fabric polls while the NIC and kernel keep the loop busy (0:
+    /// every iteration).
+    fabric_poll_tsc: u64,
     table: TableReader,
     polling: Polling,
     drain_tsc: u64,
     counters: CounterWriter,
     capture: capture::CaptureTap,
+    scratch: Scratch,
+}
+
+/// While the NIC and kernel ports keep the loop busy, a kernel-socket fabric (one
+/// `recvmmsg` per poll, about as much as steering a whole burst) is polled at most this
+/// often. This is the latency it adds to a fabric frame, and only while the other two
+/// ports deliver frames on every iteration; when they are idle, or the fabric itself
+/// delivered on its last poll, it is polled every iteration. The socket buffer holds far
+/// more than arrives meanwhile.
+pub const FABRIC_POLL_INTERVAL: Duration = Duration::from_micros(50);
+
+fn ticks(tsc_hz: u64, d: Duration) -> u64 {
+    u64::try_from(u128::from(tsc_hz) * d.as_nanos() / 1_000_000_000).unwrap_or(u64::MAX)
 }
 
 impl Loop {
@@ -269,36 +324,39 @@ impl Loop {
         tsc_hz: u64,
         capture: capture::CaptureTap,
     ) -> Self {
-        let drain_tsc = (u128::from(tsc_hz) * s.drain_interval.as_nanos() / 1_000_000_000) as u64;
+        // Polling verbs is a completion-queue read in user space, cheap enough for every
+        // iteration; a socket poll is a system call.
+        let fabric_poll_tsc = match s.fabric {
+            FabricIo::Udp(_) => ticks(tsc_hz, FABRIC_POLL_INTERVAL),
+            _ => 0,
+        };
         Self {
-            nic_tx: TxQueue {
-                queue: s.nic,
-                pending: Burst::new(),
-                pending_bytes: 0,
-                port: PORT_NIC,
-            },
-            kernel_tx: TxQueue {
-                queue: s.kernel,
-                pending: Burst::new(),
-                pending_bytes: 0,
-                port: PORT_KERNEL,
-            },
+            nic_tx: TxQueue::new(s.nic, PORT_NIC),
+            kernel_tx: TxQueue::new(s.kernel, PORT_KERNEL),
             fabric: s.fabric,
+            relay: s.relay,
+            fabric_poll_tsc,
             table: s.table,
             polling: s.polling,
-            drain_tsc: drain_tsc.max(1),
+            drain_tsc: ticks(tsc_hz, s.drain_interval).max(1),
             counters,
             capture,
+            scratch: Scratch {
+                decisions: [Decision::Nic; BURST_SIZE],
+                lanes: [0; BURST_SIZE],
+                sessions: [SessionId(0); BURST_SIZE],
+            },
         }
     }
 
     fn run(mut self, stop: &AtomicBool) {
         let mut rx: Burst = Burst::new();
-        let mut sessions = [SessionId(0); BURST_SIZE];
         let mut stats = Stats::default();
         let mut backoff = Backoff::new(self.polling);
-        let mut last_drain = tsc();
-        let mut iteration: u32 = 0;
+        let mut now = tsc();
+        let mut last_drain = now;
+        let mut last_fabric = now;
+        let mut fabric_busy = false;
         while !stop.load(Ordering::Relaxed) {
             self.table.refresh();
             self.capture.refresh();
@@ -307,35 +365,32 @@ impl Loop {
             let n = self.nic_tx.queue.rx_burst(&mut rx);
             if n > 0 {
                 work += n;
-                self.dispatch_all(&mut rx, Source::Nic, PORT_NIC, None, &mut stats);
+                self.forward(&mut rx, Source::Nic, PORT_NIC, false, &mut stats);
             }
             let n = self.kernel_tx.queue.rx_burst(&mut rx);
             if n > 0 {
                 work += n;
-                self.dispatch_all(&mut rx, Source::Kernel, PORT_KERNEL, None, &mut stats);
+                self.forward(&mut rx, Source::Kernel, PORT_KERNEL, false, &mut stats);
             }
-            // A kernel-socket fabric costs a system call per poll, about as much as a whole
-            // burst of steering: while the NIC and kernel keep the loop busy, poll it every
-            // FABRIC_POLL_EVERY iterations (its socket buffer holds far more than arrives
-            // meanwhile); when they are idle, every iteration.
-            iteration = iteration.wrapping_add(1);
-            if work == 0 || iteration % FABRIC_POLL_EVERY == 0 {
-                let n = self
-                    .fabric
-                    .rx_burst(&mut rx, &mut sessions, &mut stats.tally[PORT_FABRIC]);
+            if work == 0 || fabric_busy || now.wrapping_sub(last_fabric) >= self.fabric_poll_tsc {
+                last_fabric = now;
+                let n = self.fabric.rx_burst(
+                    &mut rx,
+                    &mut self.scratch.sessions,
+                    &mut stats.tally[PORT_FABRIC],
+                );
+                fabric_busy = n > 0;
                 if n > 0 {
                     work += n;
-                    self.dispatch_all(
-                        &mut rx,
-                        Source::Nic,
-                        PORT_FABRIC,
-                        Some(&sessions),
-                        &mut stats,
-                    );
+                    self.forward(&mut rx, Source::Nic, PORT_FABRIC, true, &mut stats);
                 }
             }
 
-            let now = tsc();
+            if let Relay::Owner(_) = self.relay {
+                work += self.send_relayed(&mut stats);
+            }
+
+            now = tsc();
             if now.wrapping_sub(last_drain) >= self.drain_tsc {
                 self.drain(&mut stats);
                 last_drain = now;
@@ -345,83 +400,177 @@ impl Loop {
                 Idle::Sleep(d) => {
                     self.drain(&mut stats);
                     std::thread::sleep(d);
-                    last_drain = tsc();
+                    now = tsc();
+                    last_drain = now;
                 }
             }
         }
         self.drain(&mut stats);
     }
 
-    /// Steers every frame of `rx` (all from one port) and queues it where it goes.
+    /// Steers the whole burst `rx` (all from one port; from the fabric when `from_fabric`,
+    /// each frame's session then in the scratch) and moves every frame where it goes.
+    ///
+    /// In bulk: prefetch every frame's header, steer them all, count the burst in locals,
+    /// then, when every frame goes to the NIC or the kernel (the common case), move the
+    /// whole burst to those tx buffers in one pass. A burst with any other decision (a
+    /// session, a flood, a drop) is moved frame by frame, in order.
     #[inline]
-    fn dispatch_all(
+    fn forward(
         &mut self,
         rx: &mut Burst,
         source: Source,
         port: usize,
-        sessions: Option<&[SessionId; BURST_SIZE]>,
+        from_fabric: bool,
         stats: &mut Stats,
     ) {
         let table = self.table.table();
-        let capturing = self.capture.is_on();
-        let mut i = 0;
-        while let Some(m) = rx.pop_front() {
-            let src = match sessions {
-                Some(s) => Source::Session(s[i]),
-                None => source,
+        let sc = &mut self.scratch;
+        let frames = rx.as_slice();
+        let n = frames.len().min(BURST_SIZE);
+        let frames = &frames[..n];
+        for m in frames {
+            m.prefetch_data();
+        }
+        let decisions = &mut sc.decisions[..n];
+        if from_fabric {
+            let sessions = &sc.sessions;
+            steer_bulk_from(
+                table,
+                |i| Source::Session(sessions.get(i).copied().unwrap_or_default()),
+                frames,
+                decisions,
+            );
+        } else {
+            steer_bulk(table, source, frames, decisions);
+        }
+
+        // Lanes and byte counts, branch-free: Kernel and Nic are the only bulk lanes.
+        let (mut rx_bytes, mut nic_bytes) = (0u64, 0u64);
+        let mut bulk = true;
+        for ((l, d), m) in sc.lanes[..n].iter_mut().zip(decisions.iter()).zip(frames) {
+            let len = m.len() as u64;
+            let (lane, ok) = match d {
+                Decision::Kernel => (LANE_KERNEL, true),
+                Decision::Nic => (LANE_NIC, true),
+                _ => (LANE_KERNEL, false),
             };
-            i += 1;
-            stats.rx[port].0 += 1;
-            stats.rx[port].1 += m.len() as u64;
-            let d = steer(table, src, m.data());
-            if capturing {
-                self.capture.offer(src, &d, m.data(), m.len());
-            }
-            match d {
-                Decision::Kernel => self.kernel_tx.push(m, stats),
-                Decision::Nic => self.nic_tx.push(m, stats),
-                Decision::Session(s) => {
-                    let (n, b) = self.fabric.tx(s, m, &mut stats.tally[PORT_FABRIC]);
-                    stats.tx[PORT_FABRIC].0 += n;
-                    stats.tx[PORT_FABRIC].1 += b;
-                }
-                Decision::Flood(f) => {
-                    // Every copy but the last shares the buffer (a refcount bump, no copy):
-                    // no destination mutates frame data on the way out.
-                    let mut left = f.copies();
-                    let mut m = Some(m);
-                    let mut take = |m: &mut Option<Mbuf>| -> Option<Mbuf> {
-                        left = left.saturating_sub(1);
-                        if left == 0 {
-                            m.take()
-                        } else {
-                            m.as_ref().map(Mbuf::clone_ref)
-                        }
-                    };
-                    if f.kernel {
-                        if let Some(c) = take(&mut m) {
-                            self.kernel_tx.push(c, stats);
-                        }
-                    }
-                    if f.nic {
-                        if let Some(c) = take(&mut m) {
-                            self.nic_tx.push(c, stats);
-                        }
-                    }
-                    for s in f.sessions.iter() {
-                        if let Some(c) = take(&mut m) {
-                            let (n, b) = self.fabric.tx(s, c, &mut stats.tally[PORT_FABRIC]);
-                            stats.tx[PORT_FABRIC].0 += n;
-                            stats.tx[PORT_FABRIC].1 += b;
-                        }
-                    }
-                }
-                Decision::Drop(reason) => {
-                    stats.tally[port].count(reason);
-                    drop(m);
-                }
+            *l = lane;
+            bulk &= ok;
+            rx_bytes += len;
+            nic_bytes += len * u64::from(lane);
+        }
+        stats.rx[port].0 += n as u64;
+        stats.rx[port].1 += rx_bytes;
+
+        if self.capture.is_on() {
+            for (i, (m, d)) in frames.iter().zip(decisions.iter()).enumerate() {
+                let src = if from_fabric {
+                    Source::Session(sc.sessions[i])
+                } else {
+                    source
+                };
+                self.capture.offer(src, d, m.data(), m.len());
             }
         }
+
+        if bulk
+            && rx.scatter(
+                &sc.lanes[..n],
+                [&mut self.kernel_tx.pending, &mut self.nic_tx.pending],
+            )
+        {
+            self.kernel_tx.pending_bytes += rx_bytes - nic_bytes;
+            self.nic_tx.pending_bytes += nic_bytes;
+        } else {
+            for i in 0..n {
+                let Some(m) = rx.pop_front() else { break };
+                let d = self.scratch.decisions[i];
+                self.deliver(m, d, port, stats);
+            }
+        }
+        self.kernel_tx.flush_if_burst(stats);
+        self.nic_tx.flush_if_burst(stats);
+    }
+
+    /// Moves one steered frame where its decision says.
+    #[inline]
+    fn deliver(&mut self, m: Mbuf, d: Decision, port: usize, stats: &mut Stats) {
+        match d {
+            Decision::Kernel => self.kernel_tx.push(m, stats),
+            Decision::Nic => self.nic_tx.push(m, stats),
+            Decision::Session(s) => self.send_to_session(s, m, stats),
+            Decision::Flood(f) => {
+                // Every copy but the last shares the buffer (a refcount bump, no copy): no
+                // destination mutates frame data on the way out.
+                let mut left = f.copies();
+                let mut m = Some(m);
+                let mut take = |m: &mut Option<Mbuf>| -> Option<Mbuf> {
+                    left = left.saturating_sub(1);
+                    if left == 0 {
+                        m.take()
+                    } else {
+                        m.as_ref().map(Mbuf::clone_ref)
+                    }
+                };
+                if f.kernel {
+                    if let Some(c) = take(&mut m) {
+                        self.kernel_tx.push(c, stats);
+                    }
+                }
+                if f.nic {
+                    if let Some(c) = take(&mut m) {
+                        self.nic_tx.push(c, stats);
+                    }
+                }
+                for s in f.sessions.iter() {
+                    if let Some(c) = take(&mut m) {
+                        self.send_to_session(s, c, stats);
+                    }
+                }
+            }
+            Decision::Drop(reason) => {
+                stats.tally[port].count(reason);
+                drop(m);
+            }
+        }
+    }
+
+    /// Sends `m` over `session`: on the fabric if this worker drives it, else through the
+    /// relay to the worker that does.
+    #[inline]
+    fn send_to_session(&mut self, session: SessionId, m: Mbuf, stats: &mut Stats) {
+        if let Relay::Sender(ring) = &mut self.relay {
+            if ring.push(Relayed { session, mbuf: m }).is_err() {
+                // The error holds the frame: dropping it frees it.
+                stats.tally[PORT_FABRIC].count(crate::counters::DropReason::FabricBackpressure);
+            }
+            return;
+        }
+        let (n, b) = self.fabric.tx(session, m, &mut stats.tally[PORT_FABRIC]);
+        stats.tx[PORT_FABRIC].0 += n;
+        stats.tx[PORT_FABRIC].1 += b;
+    }
+
+    /// The fabric owner's share of the relay: sends up to a burst from each other worker's
+    /// ring. Returns how many frames it moved.
+    fn send_relayed(&mut self, stats: &mut Stats) -> usize {
+        let Relay::Owner(rings) = &mut self.relay else {
+            return 0;
+        };
+        let mut moved = 0;
+        for ring in rings.iter_mut() {
+            for _ in 0..BURST_SIZE {
+                let Ok(r) = ring.pop() else { break };
+                let (n, b) = self
+                    .fabric
+                    .tx(r.session, r.mbuf, &mut stats.tally[PORT_FABRIC]);
+                stats.tx[PORT_FABRIC].0 += n;
+                stats.tx[PORT_FABRIC].1 += b;
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Sends every queue and publishes the counts gathered since the last drain.
