@@ -44,7 +44,7 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn tl(&self) -> MutexGuard<'_, Timeline> {
+    pub(super) fn tl(&self) -> MutexGuard<'_, Timeline> {
         self.timeline
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -54,7 +54,7 @@ impl Ctx<'_> {
         self.names.victim()
     }
 
-    fn node(&self, id: &str) -> Result<&NodeNames> {
+    pub(super) fn node(&self, id: &str) -> Result<&NodeNames> {
         self.names
             .node(id)
             .ok_or_else(|| LabError::Precondition(format!("a's proxy {id} is not a lab node")))
@@ -74,7 +74,7 @@ impl Ctx<'_> {
 
     /// When a port change issued at `before` and returned at `after` took effect, as the
     /// switch agent saw it (its report can lag a few ms); `after` if it saw nothing.
-    fn took_effect(&self, port: &str, up: bool, before: u64, after: u64) -> u64 {
+    pub(super) fn took_effect(&self, port: &str, up: bool, before: u64, after: u64) -> u64 {
         let t0 = Instant::now();
         loop {
             if let Some(t) = self.tl().link_change(port, up, before, after) {
@@ -87,7 +87,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn mark(&self, t: u64, kind: MarkKind, label: String) {
+    pub(super) fn mark(&self, t: u64, kind: MarkKind, label: String) {
         self.tl().mark(t, kind, label);
     }
 
@@ -182,7 +182,7 @@ impl Ctx<'_> {
 
     /// Prints every daemon's view (path, counters, clients) when a step takes longer than
     /// it should, so that a slow or failed step shows where frames stopped.
-    fn diagnose(&self, why: &str) {
+    pub(super) fn diagnose(&self, why: &str) {
         println!("  {why}; the daemons report:");
         for n in &self.names.nodes {
             let Some(s) = self.daemons.status(&n.id) else {
@@ -296,6 +296,8 @@ impl Ctx<'_> {
                 Scenario::KillProxy => c.kill = Some(self.kill_proxy()?),
                 Scenario::AllPaths => c.isolate = Some(self.all_paths(k)?),
                 Scenario::Broadcast => c.broadcast = Some(self.broadcast(k)?),
+                // Run by `super::faults` instead (see `run::body`).
+                Scenario::Faults | Scenario::Soak => {}
             }
             self.restore_nic(k, &mut c)?;
             // The killed proxy is needed again for the next cut only.
@@ -319,6 +321,7 @@ impl Ctx<'_> {
                 "cut a's NIC and every proxy's fabric, a's mgmt0 loses carrier; restore one".into()
             }
             Scenario::Broadcast => "cut a's NIC, ARP and ND from the station reach a".into(),
+            Scenario::Faults | Scenario::Soak => "see the fault suite".into(),
         }
     }
 
@@ -426,7 +429,7 @@ impl Ctx<'_> {
 
     /// Brings a killed daemon back (and its kernel interface's addresses), and waits until
     /// a has its sessions again.
-    fn restart(&mut self, id: &str) -> Result<()> {
+    pub(super) fn restart(&mut self, id: &str) -> Result<()> {
         println!("  restarting {id}'s daemon");
         self.daemons.start(id, self.manifest)?;
         let node = self.node(id)?.clone();

@@ -157,9 +157,9 @@ impl UpstreamProbe {
             && arp.target_mac() == self.nic_mac
     }
 
-    /// When the next probe is due.
+    /// When the next probe is due; never while the link is down.
     pub fn next_deadline(&self) -> Duration {
-        self.next_send
+        deadline(self.next_send, self.link_up_since.is_some())
     }
 }
 
@@ -167,5 +167,32 @@ impl UpstreamProbe {
     /// Whether the upstream counts as alive (alive until proven dead at start).
     pub fn ok(&self) -> bool {
         self.verdict != Some(false)
+    }
+}
+
+/// The probe's deadline for the control loop's sleep. While the link is down nothing is
+/// sent and `next_send` stays where it was, in the past: returned as is, it kept the
+/// control loop from sleeping at all, and the SCHED_FIFO control thread spun at 100% CPU
+/// for as long as the node was failed over, until the kernel's RT throttling
+/// (`sched_rt_runtime_us`, 950 ms per second) stopped it for 50 ms every second: no
+/// heartbeats for 50 ms, so every proxy declared the node's session dead once a second
+/// (found by the lab's fault suite).
+fn deadline(next_send: Duration, link_up: bool) -> Duration {
+    if link_up {
+        next_send
+    } else {
+        Duration::MAX
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_deadline_while_the_link_is_down() {
+        let past = Duration::from_millis(5);
+        assert_eq!(deadline(past, true), past);
+        assert_eq!(deadline(past, false), Duration::MAX);
     }
 }
