@@ -1,6 +1,9 @@
 //! The node daemons: `ip netns exec <ns> nicproxy run --config <file>`, one per node, each
 //! logging to a file in the run directory, each in its own process group so that a Ctrl-C
-//! at the terminal reaches the lab only (which then stops them in order).
+//! at the terminal reaches the lab only (which then stops them in order). A config with
+//! `dataplane.netns` (the verbs lab) starts its daemon in the lab's own namespace
+//! instead: the daemon enters the node's namespace itself for its NIC and kernel
+//! interface, and keeps its fabric where Soft-RoCE works.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -21,6 +24,8 @@ struct Daemon {
     id: String,
     ns: String,
     config: PathBuf,
+    /// Whether the daemon enters the node's namespace itself (`dataplane.netns`).
+    own_netns: bool,
     socket: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -33,19 +38,24 @@ struct Daemon {
 pub struct Daemons {
     list: Vec<Daemon>,
     keep: bool,
+    /// How long a `status` request may take.
+    status_timeout: Duration,
 }
 
 impl Daemons {
-    /// Starts one daemon per node config.
+    /// Starts one daemon per node config. `status_timeout` bounds each `status` request
+    /// (longer under an emulated CPU, where a busy daemon answers late).
     pub fn start_all(
         n: &Names,
         configs: &[NodeConfig],
         run_dir: &Path,
         manifest: &mut Manifest,
+        status_timeout: Duration,
     ) -> Result<Daemons> {
         let mut d = Daemons {
             list: Vec::new(),
             keep: false,
+            status_timeout,
         };
         for c in configs {
             let node = n
@@ -55,6 +65,7 @@ impl Daemons {
                 id: c.id.clone(),
                 ns: node.ns.clone(),
                 config: c.path.clone(),
+                own_netns: c.config.dataplane.netns.is_some(),
                 socket: c.config.control_socket(),
                 log: run_dir.join(format!("{}.log", c.id)),
                 child: None,
@@ -85,10 +96,14 @@ impl Daemons {
         let log2 = log
             .try_clone()
             .map_err(|e| LabError::io(format!("opening {}", d.log.display()), e))?;
-        let mut command = Command::new("ip");
+        let mut command = if d.own_netns {
+            Command::new(&exe)
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &d.ns]).arg(&exe);
+            c
+        };
         command
-            .args(["netns", "exec", &d.ns])
-            .arg(&exe)
             .args(["run", "--config"])
             .arg(&d.config)
             .stdin(Stdio::null())
@@ -125,6 +140,17 @@ impl Daemons {
         Ok(at)
     }
 
+    /// The pid of node `id`'s daemon while it runs (the fault suite and the soak read its
+    /// /proc entries).
+    pub fn pid(&self, id: &str) -> Option<u32> {
+        self.list
+            .iter()
+            .find(|d| d.id == id)?
+            .child
+            .as_ref()
+            .map(Child::id)
+    }
+
     /// An error naming the first daemon that exited without being asked to, with the end
     /// of its log.
     pub fn check_alive(&mut self) -> Result<()> {
@@ -148,7 +174,7 @@ impl Daemons {
     /// answer within a short timeout).
     pub fn status(&self, id: &str) -> Option<serde_json::Value> {
         let d = self.list.iter().find(|d| d.id == id)?;
-        query_status(&d.socket)
+        query_status_within(&d.socket, self.status_timeout)
     }
 
     /// The logs' paths, by node.
@@ -205,11 +231,14 @@ impl Drop for Daemons {
     }
 }
 
-/// One `status` request on a control socket.
-pub fn query_status(socket: &Path) -> Option<serde_json::Value> {
+/// How long a `status` request may take on the host.
+pub const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// One `status` request on a control socket, each read and write bounded by `timeout`.
+pub fn query_status_within(socket: &Path, timeout: Duration) -> Option<serde_json::Value> {
     let mut s = UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-    s.set_write_timeout(Some(Duration::from_millis(300))).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
     s.write_all(b"status\n").ok()?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use control::config::Config;
 
-use super::args::FailbackArg;
+use super::args::{FabricArg, FailbackArg};
 use super::error::{LabError, Result};
 use super::names::{self, Names, NodeNames};
 
@@ -19,6 +19,10 @@ pub struct Policy {
     pub failback: FailbackArg,
     /// `failover.hold_down_ms`.
     pub hold_down_ms: u64,
+    /// `fabric.backend`. With verbs, the daemons run in the initial namespace (where
+    /// Soft-RoCE works) with their NIC and kernel interface in the node's namespace
+    /// (`dataplane.netns`), each with its own metrics port.
+    pub fabric: FabricArg,
 }
 
 /// `timers.link_poll_ms`.
@@ -27,6 +31,23 @@ pub const LINK_POLL_MS: u64 = 2;
 pub const HEARTBEAT_MS: u64 = 10;
 /// `timers.multiplier`.
 pub const MULTIPLIER: u64 = 3;
+/// `timers.heartbeat_ms` with the verbs fabric. The lab guest's CPU is emulated (TCG)
+/// on host threads shared with everything else, and on a loaded host it stalls for
+/// hundreds of milliseconds: healthy sessions were declared dead after 100 ms (20 × 5)
+/// again and again, and still 35 times in 6 minutes after 500 ms (50 × 10), each time
+/// sending a off its proxy. Two seconds is a stall, not a dead peer. This only slows
+/// the detection of a dead proxy (kill-proxy); a cut NIC is seen by the link poll.
+pub const VERBS_HEARTBEAT_MS: u64 = 100;
+/// `timers.multiplier` with the verbs fabric.
+pub const VERBS_MULTIPLIER: u64 = 20;
+/// `upstream_probe.multiplier` (unanswered probes before the upstream counts as dead).
+pub const PROBE_MULTIPLIER: u64 = 5;
+/// `timers.connect_timeout_ms` with the verbs fabric (rdma_cm's address and route
+/// resolution and the connection under emulation).
+pub const VERBS_CONNECT_TIMEOUT_MS: u64 = 3000;
+/// Metrics port of node a; with the verbs fabric every daemon shares the initial
+/// namespace, so node k listens on this + k - 1.
+pub const METRICS_PORT: u16 = 9469;
 /// `upstream_probe.interval_ms`: the station plays the gateway the probe asks for, so
 /// failback waits until the switch port really forwards (a Linux bridge's port can take
 /// over a second after the link returns).
@@ -98,6 +119,33 @@ fn write_key(path: &Path) -> Result<()> {
 
 /// The config text of one node.
 fn render(n: &Names, node: &NodeNames, policy: Policy, key: &Path, socket: &Path) -> String {
+    let verbs = policy.fabric == FabricArg::Verbs;
+    let (heartbeat, multiplier) = if verbs {
+        (VERBS_HEARTBEAT_MS, VERBS_MULTIPLIER)
+    } else {
+        (HEARTBEAT_MS, MULTIPLIER)
+    };
+    // No upstream probe with the verbs fabric. In the guest its answers were late by
+    // seconds whenever the emulated CPU fell behind (silence windows of 250 ms, 1 s and
+    // 3 s were all exceeded, dozens of times a minute), and each silence made a healthy
+    // NIC unusable: nodes dropped off their NIC, proxies refused, and a cut found no
+    // proxy. Without it a NIC is usable while its link is up; failback waits for the
+    // hold-down only, and a's own traffic through the restored port re-teaches the
+    // switch if it forwards later than that.
+    let probe = if verbs {
+        String::new()
+    } else {
+        format!(
+            "[upstream_probe]\ntarget = \"{}\"\ninterval_ms = {PROBE_MS}\nmultiplier = {PROBE_MULTIPLIER}\n\n",
+            names::STATION_V4
+        )
+    };
+    let index = n.nodes.iter().position(|x| x.id == node.id).unwrap_or(0);
+    let metrics_port = if verbs {
+        METRICS_PORT + u16::try_from(index).unwrap_or(0)
+    } else {
+        METRICS_PORT
+    };
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -105,7 +153,7 @@ fn render(n: &Names, node: &NodeNames, policy: Policy, key: &Path, socket: &Path
          [node]\nid = \"{id}\"\ngroup = \"lab\"\n\n\
          [nic]\ndevargs = \"net_af_packet0,iface={nic}\"\n\n\
          [kernel]\nname = \"{kernel}\"\nmacs = [\"{mac}\"]\nbackend = \"tap\"\n\n\
-         [fabric]\nbackend = \"udp\"\naddress = \"{ip}:{port}\"\nkey_file = {key}\n",
+         [fabric]\nbackend = \"{backend}\"\naddress = \"{ip}:{port}\"\nkey_file = {key}\n",
         id = node.id,
         tag = n.tag,
         nic = names::NODE_NIC,
@@ -114,6 +162,7 @@ fn render(n: &Names, node: &NodeNames, policy: Policy, key: &Path, socket: &Path
         ip = node.fabric_ip,
         port = names::FABRIC_PORT,
         key = toml_string(key),
+        backend = policy.fabric.name(),
     );
     for peer in n.nodes.iter().filter(|p| p.id != node.id) {
         let _ = writeln!(
@@ -127,14 +176,23 @@ fn render(n: &Names, node: &NodeNames, policy: Policy, key: &Path, socket: &Path
     let _ = write!(
         s,
         "[failover]\nfailback = \"{failback}\"\nhold_down_ms = {hold}\n\n\
-         [timers]\nlink_poll_ms = {LINK_POLL_MS}\nheartbeat_ms = {HEARTBEAT_MS}\nmultiplier = {MULTIPLIER}\n\n\
-         [upstream_probe]\ntarget = \"{station}\"\ninterval_ms = {PROBE_MS}\nmultiplier = 5\n\n\
-         [dataplane]\npolling = \"adaptive\"\neal_args = [\"--no-huge\", \"-m\", \"256\"]\n\n\
-         [metrics]\nlisten = \"127.0.0.1:9469\"\ncontrol_socket = {socket}\n",
+         [timers]\nlink_poll_ms = {LINK_POLL_MS}\nheartbeat_ms = {heartbeat}\nmultiplier = {multiplier}\n{connect}\n\
+         {probe}\
+         [dataplane]\npolling = \"adaptive\"\neal_args = [\"--no-huge\", \"-m\", \"256\"]\n{netns}\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\ncontrol_socket = {socket}\n",
         failback = policy.failback.name(),
         hold = policy.hold_down_ms,
-        station = names::STATION_V4,
         socket = toml_string(socket),
+        connect = if verbs {
+            format!("connect_timeout_ms = {VERBS_CONNECT_TIMEOUT_MS}\n")
+        } else {
+            String::new()
+        },
+        netns = if verbs {
+            format!("netns = \"{}\"\n", node.ns)
+        } else {
+            String::new()
+        },
     );
     s
 }
@@ -154,6 +212,7 @@ mod tests {
         let policy = Policy {
             failback: FailbackArg::Better,
             hold_down_ms: 300,
+            fabric: FabricArg::Udp,
         };
         let dir = Path::new("/run/lab-test");
         let text = render(
@@ -189,6 +248,7 @@ mod tests {
                     Policy {
                         failback: FailbackArg::Always,
                         hold_down_ms: 0,
+                        fabric: FabricArg::Udp,
                     },
                     Path::new("/k"),
                     Path::new("/s.sock"),
@@ -197,6 +257,34 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{count} nodes, node {}: {e}", node.id));
                 assert_eq!(cfg.proxy_order().len(), usize::from(count) - 1);
             }
+        }
+    }
+
+    #[test]
+    fn verbs_configs_keep_the_fabric_in_init_net() {
+        let n = Names::new(77, 3);
+        for (k, node) in n.nodes.iter().enumerate() {
+            let text = render(
+                &n,
+                node,
+                Policy {
+                    failback: FailbackArg::Always,
+                    hold_down_ms: 500,
+                    fabric: FabricArg::Verbs,
+                },
+                Path::new("/k"),
+                Path::new("/s.sock"),
+            );
+            let cfg = Config::from_str_named(&text, "x.toml")
+                .unwrap_or_else(|e| panic!("node {}: {e}\n{text}", node.id));
+            assert_eq!(cfg.fabric.backend, control::config::FabricBackend::Verbs);
+            assert_eq!(cfg.dataplane.netns.as_deref(), Some(node.ns.as_str()));
+            assert_eq!(cfg.timers.heartbeat_ms, VERBS_HEARTBEAT_MS);
+            assert!(cfg.upstream_probe.is_none());
+            assert_eq!(
+                cfg.metrics.listen.port(),
+                METRICS_PORT + u16::try_from(k).unwrap()
+            );
         }
     }
 

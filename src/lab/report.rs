@@ -62,7 +62,7 @@ pub fn json(i: &Inputs<'_>) -> Value {
         "scenario": i.args.scenario.name(),
         "nodes": i.nodes,
         "proxy_order": i.proxies,
-        "fabric": "udp",
+        "fabric": i.args.fabric.name(),
         "failback_policy": i.args.failback.name(),
         "hold_down_ms": i.args.hold_down_ms,
         "probe_interval_us": i.args.probe_interval_us,

@@ -9,11 +9,12 @@ use dataplane::sys::signal;
 
 use super::agent::now_us;
 use super::analysis::{self, Expect};
-use super::args::{FabricArg, FailbackArg, LabArgs};
+use super::args::{FabricArg, FailbackArg, LabArgs, Scenario};
 use super::cmd;
 use super::daemons::Daemons;
 use super::error::{LabError, Result};
 use super::feeds::{Agent, Shared};
+use super::guest;
 use super::manifest::{self, Manifest, Watcher};
 use super::names::{self, Names};
 use super::nodeconf::{self, Policy};
@@ -22,10 +23,26 @@ use super::scenario::{Ctx, START_TIMEOUT};
 use super::svg;
 use super::timeline::Timeline;
 use super::topology::{self, Topology};
+use super::verbs;
+
+/// How much longer the lab waits for daemons, sessions and steady traffic with the verbs
+/// fabric: it runs in the lab guest, whose CPU is emulated on host threads shared with
+/// everything else (on a loaded host, starting the three daemons took over 3 minutes).
+fn patience(args: &LabArgs) -> u32 {
+    if args.fabric == FabricArg::Verbs {
+        10
+    } else {
+        1
+    }
+}
 
 /// Runs the lab; Ok(true) when every check passed.
 pub fn run(args: &LabArgs) -> Result<bool> {
     preflight(args)?;
+    if args.fabric == FabricArg::Verbs && !args.in_guest {
+        signal::install().map_err(|e| LabError::io("installing the SIGINT/SIGTERM handlers", e))?;
+        return guest::run_host(args);
+    }
     signal::install().map_err(|e| LabError::io("installing the SIGINT/SIGTERM handlers", e))?;
     let pid = std::process::id();
     let run_dir = std::env::temp_dir().join(format!("{}{pid}", manifest::DIR_PREFIX));
@@ -131,11 +148,6 @@ impl Drop for Lab {
 }
 
 fn preflight(args: &LabArgs) -> Result<()> {
-    if args.fabric == FabricArg::Verbs {
-        return Err(LabError::Unsupported(
-            "--fabric verbs is not yet supported by the lab: it would have to run inside the Soft-RoCE guest (tests/lab/vm.sh), which the lab does not drive yet; use --fabric udp".into(),
-        ));
-    }
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| LabError::io("reading /proc/self/status", e))?;
     let euid = status
@@ -155,6 +167,9 @@ fn preflight(args: &LabArgs) -> Result<()> {
                 "`{tool}` is not installed (tests/setup.sh installs what the lab needs)"
             )));
         }
+    }
+    if args.fabric == FabricArg::Verbs && args.in_guest {
+        verbs::preflight()?;
     }
     Ok(())
 }
@@ -197,10 +212,11 @@ fn body(
         args.cuts
     };
     println!(
-        "nicproxy lab: {} nodes ({}), scenario {}, fabric udp, failback {}, {cuts} cut(s); run dir {}",
+        "nicproxy lab: {} nodes ({}), scenario {}, fabric {}, failback {}, {cuts} cut(s); run dir {}",
         names.nodes.len(),
         node_ids(names).join(" "),
         args.scenario.name(),
+        args.fabric.name(),
         args.failback.name(),
         run_dir.display()
     );
@@ -211,6 +227,12 @@ fn body(
     }
     let proxies = build(&run, manifest, lab)?;
     start_agents(&run, manifest, lab, &proxies)?;
+    if matches!(args.scenario, Scenario::Faults | Scenario::Soak) {
+        let suite = super::faults::run(&mut ctx(&run, manifest, lab, &proxies))?;
+        stop_traffic(&run, lab);
+        let logs = lab.daemons.as_ref().map(Daemons::logs).unwrap_or_default();
+        return super::faults::finish(suite, &lock(&run.timeline), args, out_dir, &logs);
+    }
     // The plot starts a little before the first cut.
     let plot_from = now_us().saturating_sub(200_000);
     let times = ctx(&run, manifest, lab, &proxies).run()?;
@@ -247,9 +269,10 @@ fn ctx<'a>(
 /// Namespaces, configs, daemons, kernel interfaces; returns a's proxy order.
 fn build(run: &Run<'_>, manifest: &mut Manifest, lab: &mut Lab) -> Result<Vec<String>> {
     let names = run.names;
-    lab.topology = Some(Topology::build(names, manifest)?);
+    lab.topology = Some(Topology::build(names, manifest, run.args.fabric)?);
     println!(
-        "  built: switch {} (bridge {}), fabric {} (10.77.0.0/24), station {} ({}), nodes {}",
+        "  built ({:.1} s): switch {} (bridge {}), fabric {} (10.77.0.0/24), station {} ({}), nodes {}",
+        run.started.elapsed().as_secs_f64(),
         names.switch_ns,
         names::SWITCH_BRIDGE,
         names.fabric_ns,
@@ -268,6 +291,7 @@ fn build(run: &Run<'_>, manifest: &mut Manifest, lab: &mut Lab) -> Result<Vec<St
         Policy {
             failback: run.args.failback,
             hold_down_ms: run.args.hold_down_ms,
+            fabric: run.args.fabric,
         },
     )?;
     let proxies = configs[0].config.proxy_order();
@@ -275,11 +299,16 @@ fn build(run: &Run<'_>, manifest: &mut Manifest, lab: &mut Lab) -> Result<Vec<St
         "  configs validated; a's proxies in order: {}",
         proxies.join(", ")
     );
-    let daemons = lab
-        .daemons
-        .insert(Daemons::start_all(names, &configs, run.run_dir, manifest)?);
+    let slow = patience(run.args);
+    let daemons = lab.daemons.insert(Daemons::start_all(
+        names,
+        &configs,
+        run.run_dir,
+        manifest,
+        super::daemons::STATUS_TIMEOUT * slow,
+    )?);
     for node in &names.nodes {
-        topology::configure_kernel_if(node, START_TIMEOUT, &mut || {
+        topology::configure_kernel_if(node, START_TIMEOUT * slow, &mut || {
             if signal::stop_requested() {
                 return Err(LabError::Interrupted);
             }
@@ -307,6 +336,7 @@ fn start_agents(
     proxies: &[String],
 ) -> Result<()> {
     let (names, args) = (run.names, run.args);
+    let slow = patience(args);
     let v = names.victim();
     let mut switch = strings(&["switch", "--bridge", names::SWITCH_BRIDGE]);
     for n in &names.nodes {
@@ -338,16 +368,16 @@ fn start_agents(
     )?);
     {
         let mut ctx = ctx(run, manifest, lab, proxies);
-        if !ctx.wait_for("agents", now_us(), Duration::from_secs(5), &|t| {
+        if !ctx.wait_for("agents", now_us(), Duration::from_secs(5) * slow, &|t| {
             t.node_ready
         })? {
             return Err(LabError::Timeout {
                 what: "the node agent to listen".into(),
-                waited_ms: 5000,
+                waited_ms: 5000 * u64::from(slow),
                 detail: String::new(),
             });
         }
-        ctx.wait_sessions(Duration::from_secs(15))?;
+        ctx.wait_sessions(Duration::from_secs(15) * slow)?;
     }
     let station = strings(&[
         "station",
@@ -373,10 +403,16 @@ fn start_agents(
     let steady = ctx(run, manifest, lab, proxies).wait_for(
         "warm-up",
         now_us(),
-        Duration::from_secs(15),
+        Duration::from_secs(15) * slow,
         &|t| {
-            t.answering(50, now_us(), 20_000)
-                && t.fdb_port(&v.mac) == Some(v.switch_port.as_str())
+            // The last 50 probes (20 under emulation, where the station sends a few per
+            // second when the guest falls behind) all answered; each got 20 ms to come
+            // back (more under emulation, where 20 ms is noise).
+            t.answering(
+                if slow > 1 { 20 } else { 50 },
+                now_us(),
+                20_000 * u64::from(slow) * 2,
+            ) && t.fdb_port(&v.mac) == Some(v.switch_port.as_str())
                 && (!tcp || t.tcp_bytes() > 0)
         },
     )?;
@@ -384,7 +420,7 @@ fn start_agents(
         let t = lock(&run.timeline);
         return Err(LabError::Timeout {
             what: "steady traffic from the station to a through a's NIC".into(),
-            waited_ms: 15_000,
+            waited_ms: 15_000 * u64::from(slow),
             detail: format!(
                 "{} probes sent, {} answered; switch has a's MAC on {}; {} TCP bytes received",
                 t.probes.iter().filter(|p| p.sent_us.is_some()).count(),
@@ -467,7 +503,12 @@ fn summarize(
         timeline: &t,
         out_dir,
     };
-    let j = report::json(&inputs);
+    let mut j = report::json(&inputs);
+    if args.fabric == FabricArg::Verbs {
+        if let Some(d) = &lab.daemons {
+            j["verbs"] = verbs::counters(d, names);
+        }
+    }
     let title = format!(
         "nicproxy lab: {} ({} nodes, failback {}), TCP {} Mbit/s station -> a",
         args.scenario.name(),

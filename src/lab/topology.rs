@@ -2,28 +2,41 @@
 //! between them. Dropping a [`Topology`] deletes its namespaces (and with them every
 //! interface in them).
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use super::args::FabricArg;
 use super::cmd::{exec_in, ip_in, run, run_quiet};
 use super::error::{LabError, Result};
 use super::manifest::Manifest;
 use super::names::{self, Names, NodeNames};
+use super::verbs::VerbsFabric;
 
 /// The built network.
 #[derive(Debug)]
 pub struct Topology {
     namespaces: Vec<String>,
+    /// With `--fabric verbs`: the nodes' RDMA ends in init_net.
+    verbs: Option<VerbsFabric>,
     keep: bool,
 }
 
 impl Topology {
     /// Builds the switch, the fabric, the station and every node's namespace with its NIC
-    /// and fabric interfaces. The kernel interface comes later, from the daemon.
-    pub fn build(n: &Names, manifest: &mut Manifest) -> Result<Topology> {
+    /// and fabric interfaces. The kernel interface comes later, from the daemon. With the
+    /// verbs fabric, the nodes' fabric interfaces are rxe devices in init_net instead (see
+    /// [`super::verbs`]), on the same fabric bridge.
+    pub fn build(n: &Names, manifest: &mut Manifest, fabric: FabricArg) -> Result<Topology> {
         let mut t = Topology {
             namespaces: Vec::new(),
+            verbs: None,
             keep: false,
         };
+        if fabric == FabricArg::Verbs {
+            t.build_batched(n, manifest)?;
+            t.verbs = Some(VerbsFabric::build(n)?);
+            return Ok(t);
+        }
         // Switch and fabric: bridges only, no IPv6 chatter of their own.
         t.add_ns(&n.switch_ns, manifest)?;
         no_ipv6(&n.switch_ns)?;
@@ -128,15 +141,128 @@ impl Topology {
         Ok(())
     }
 
+    /// The same switch, fabric bridge, station and node namespaces as [`Topology::build`]
+    /// makes for the UDP fabric, minus the nodes' fabric interfaces, in a handful of
+    /// processes: the verbs lab runs under an emulated CPU, where starting a process costs
+    /// a good fraction of a second and the one-command-per-step build took over a minute.
+    /// Sysctls are written from a thread inside each namespace, without a process.
+    fn build_batched(&mut self, n: &Names, manifest: &mut Manifest) -> Result<()> {
+        let all: Vec<&str> = [n.switch_ns.as_str(), n.fabric_ns.as_str()]
+            .into_iter()
+            .chain(n.nodes.iter().map(|x| x.ns.as_str()))
+            .chain([n.station_ns.as_str()])
+            .collect();
+        let mut b = String::new();
+        for ns in &all {
+            manifest.namespace(ns)?;
+            let _ = writeln!(b, "netns add {ns}");
+        }
+        // Recorded before they exist: teardown ignores the ones that were never made.
+        self.namespaces.extend(all.iter().map(|s| (*s).to_string()));
+        // Both ends of every veth are created straight in their namespaces, so their
+        // names never meet the initial namespace's.
+        for node in &n.nodes {
+            let _ = writeln!(
+                b,
+                "link add {} netns {} type veth peer name {} netns {}",
+                node.switch_port,
+                n.switch_ns,
+                names::NODE_NIC,
+                node.ns
+            );
+        }
+        let _ = writeln!(
+            b,
+            "link add {} netns {} type veth peer name {} netns {}",
+            names::STATION_PORT,
+            n.switch_ns,
+            names::STATION_IF,
+            n.station_ns
+        );
+        ip_batch(None, &b)?;
+
+        let no_v6 = [
+            "net/ipv6/conf/all/disable_ipv6",
+            "net/ipv6/conf/default/disable_ipv6",
+        ];
+        sysctls_in(&n.switch_ns, &no_v6)?;
+        sysctls_in(&n.fabric_ns, &no_v6)?;
+        let nic_v6 = format!("net/ipv6/conf/{}/disable_ipv6", names::NODE_NIC);
+        for node in &n.nodes {
+            sysctls_in(
+                &node.ns,
+                &[
+                    &nic_v6,
+                    "net/ipv6/conf/all/keep_addr_on_down",
+                    "net/ipv6/conf/default/keep_addr_on_down",
+                ],
+            )?;
+        }
+
+        // No multicast snooping: see build().
+        let mut sw = format!(
+            "link set lo up\nlink add {br} type bridge mcast_snooping 0\nlink set {br} up\n",
+            br = names::SWITCH_BRIDGE
+        );
+        for port in n
+            .nodes
+            .iter()
+            .map(|x| x.switch_port.as_str())
+            .chain([names::STATION_PORT])
+        {
+            let _ = writeln!(
+                sw,
+                "link set {port} master {}\nlink set {port} up",
+                names::SWITCH_BRIDGE
+            );
+        }
+        ip_batch(Some(&n.switch_ns), &sw)?;
+        ip_batch(
+            Some(&n.fabric_ns),
+            &format!(
+                "link set lo up\nlink add {br} type bridge\nlink set {br} up\n",
+                br = names::FABRIC_BRIDGE
+            ),
+        )?;
+        for node in &n.nodes {
+            ip_batch(
+                Some(&node.ns),
+                &format!("link set lo up\nlink set {} up\n", names::NODE_NIC),
+            )?;
+        }
+        // Real checksums from the station: see build().
+        exec_in(
+            &n.station_ns,
+            "ethtool",
+            &["-K", names::STATION_IF, "tx", "off"],
+        )?;
+        ip_batch(
+            Some(&n.station_ns),
+            &format!(
+                "link set lo up\naddr add {v4}/24 dev {st}\naddr add {v6}/64 dev {st} nodad\nlink set {st} up\n",
+                v4 = names::STATION_V4,
+                v6 = names::STATION_V6,
+                st = names::STATION_IF
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Leaves everything in place when dropped (`--keep`).
     pub fn keep(&mut self) {
         self.keep = true;
+        if let Some(v) = &mut self.verbs {
+            v.keep();
+        }
     }
 
     /// Deletes the namespaces now.
     pub fn teardown(&mut self) {
         if self.keep {
             return;
+        }
+        if let Some(mut v) = self.verbs.take() {
+            v.teardown();
         }
         for ns in self.namespaces.drain(..).rev() {
             run_quiet("ip", &["netns", "del", &ns]);
@@ -148,6 +274,39 @@ impl Drop for Topology {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// `ip [-n ns] -batch -` with `lines` on stdin.
+fn ip_batch(ns: Option<&str>, lines: &str) -> Result<()> {
+    match ns {
+        Some(ns) => super::verbs::batch("ip", &["-n", ns, "-batch", "-"], lines),
+        None => super::verbs::batch("ip", &["-batch", "-"], lines),
+    }
+}
+
+/// Sets each sysctl (a path under /proc/sys) to 1 inside namespace `ns`, from a thread
+/// that enters it: /proc/sys/net belongs to the namespace of whoever opens it.
+fn sysctls_in(ns: &str, paths: &[&str]) -> Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            dataplane::sys::netns::run_in(ns, || {
+                for p in paths {
+                    let path = format!("/proc/sys/{p}");
+                    std::fs::write(&path, "1").map_err(|e| {
+                        LabError::io(format!("writing {path} in namespace {ns}"), e)
+                    })?;
+                }
+                Ok(())
+            })
+            .map_err(|e| LabError::Precondition(format!("setting sysctls in {ns}: {e}")))?
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(LabError::Precondition(format!(
+                "the thread setting sysctls in {ns} panicked"
+            )))
+        })
+    })
 }
 
 fn no_ipv6(ns: &str) -> Result<()> {

@@ -11,9 +11,12 @@
 #   tests/lab/vm.sh --prepare
 #       install the missing host packages, download the kernel, build the initramfs
 #   tests/lab/vm.sh [--mem 2G] [--smp 2] [--timeout SECS] [--accel kvm|tcg] [--no-rdma] \
-#       -- CMD ARGS...
+#       [--share DIR] -- CMD ARGS...
 #       boot a guest, set up the RDMA wire, run CMD in the current directory with the
-#       current exported environment, power off
+#       current exported environment, power off. --share DIR mounts the host directory DIR
+#       read-write at the same path in the guest (everything else is read-only with a RAM
+#       overlay that vanishes at power-off): the way for CMD to leave files on the host.
+#       DIR must exist and its absolute path must not contain whitespace.
 #
 # The command's stdout is this script's stdout and its stderr goes to this script's stderr,
 # together with the guest console and timing lines prefixed "vm.sh:". The exit status is
@@ -128,12 +131,22 @@ EOB
 }
 
 guest_stage() {
-  local run=$1 rdma=1 p t0 rc
+  local run=$1 rdma=1 share= p t0 rc
   export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   for p in $(cat /proc/cmdline); do
-    case $p in nicproxy.rdma=0) rdma=0 ;; esac
+    case $p in
+      nicproxy.rdma=0) rdma=0 ;;
+      nicproxy.share=*) share=${p#nicproxy.share=} ;;
+    esac
   done
   glog "userland up (kernel $(uname -r))"
+  if [ -n "$share" ]; then
+    # No cache: every write reaches the host at once, so what CMD wrote before a crash or
+    # a timeout is there too.
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 nicproxyshare "$share" ||
+      guest_fail "mounting the shared directory $share"
+    glog "$share shared read-write with the host"
+  fi
   [ "$rdma" = 1 ] && guest_rdma_setup
   # Raw ttys: no CR insertion, no echo, so CMD's bytes reach the host unchanged.
   stty -F /dev/ttyS1 raw -echo 2>/dev/null
@@ -292,7 +305,7 @@ usage() {
 }
 
 host_main() {
-  local mem=2G smp=2 timeout_s=600 accel=${NICPROXY_LAB_ACCEL:-} rdma=1
+  local mem=2G smp=2 timeout_s=600 accel=${NICPROXY_LAB_ACCEL:-} rdma=1 share=
   while [ $# -gt 0 ]; do
     case $1 in
       --prepare) install_host_packages; check_host_tools; prepare_cache
@@ -302,6 +315,9 @@ host_main() {
       --timeout) timeout_s=$2; shift 2 ;;
       --accel) accel=$2; shift 2 ;;
       --no-rdma) rdma=0; shift ;;
+      --share) share=$(readlink -f "$2") && [ -d "$share" ] || die_host "--share: $2 is not a directory"
+        case $share in *[[:space:]]*) die_host "--share: the path $share contains whitespace" ;; esac
+        shift 2 ;;
       --) shift; break ;;
       -h | --help) usage ;;
       *) hlog "unknown option $1"; usage ;;
@@ -347,18 +363,24 @@ host_main() {
   : > "$RUN/console.log"
   : > "$RUN/stderr.log"
 
-  hlog "kernel $KVER, accel=$accel, mem=$mem, smp=$smp, rdma=$rdma, timeout ${timeout_s}s"
-  local t0 t1 rc=0
+  hlog "kernel $KVER, accel=$accel, mem=$mem, smp=$smp, rdma=$rdma, timeout ${timeout_s}s${share:+, shared $share}"
+  local t0 t1 rc=0 share_args=() share_cmdline=
+  if [ -n "$share" ]; then
+    share_args=(-fsdev "local,id=share,path=$share,security_model=none,multidevs=remap"
+      -device virtio-9p-pci,fsdev=share,mount_tag=nicproxyshare)
+    share_cmdline=" nicproxy.share=$share"
+  fi
   t0=$(date +%s%N)
   timeout --kill-after=5 "$timeout_s" qemu-system-x86_64 "${acc[@]}" -m "$mem" -smp "$smp" \
     -nodefaults -no-reboot -display none -nic none -monitor none \
     -kernel "$KIMG" -initrd "$INITRD" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init nicproxy.stage=$SELF nicproxy.run=$RUN nicproxy.moddir=$KDIR/lib/modules/$KVER nicproxy.rdma=$rdma" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init nicproxy.stage=$SELF nicproxy.run=$RUN nicproxy.moddir=$KDIR/lib/modules/$KVER nicproxy.rdma=$rdma$share_cmdline" \
     -chardev file,id=con,path="$RUN/console.log" -serial chardev:con \
     -chardev stdio,id=out,signal=off -serial chardev:out \
     -chardev file,id=err,path="$RUN/stderr.log" -serial chardev:err \
     -fsdev local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap \
     -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
+    "${share_args[@]}" \
     </dev/null &
   QPID=$!
   tail -q -n +1 -s 0.2 -F --pid="$QPID" "$RUN/console.log" "$RUN/stderr.log" 2>/dev/null \
