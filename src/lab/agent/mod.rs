@@ -35,5 +35,6 @@ pub fn run(args: AgentArgs) -> Result<()> {
         } => node::run(udp_port, tcp_port, &carrier_if),
         AgentKind::Switch { bridge, macs } => switch::run(&bridge, &macs),
         AgentKind::Cleanup { manifest } => super::manifest::watch(&manifest),
+        AgentKind::Bonding(a) => super::bonding::main(&a),
     }
 }
