@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod bench;
 mod capture;
 mod lab;
 mod status;
@@ -54,6 +55,10 @@ enum Command {
     },
     /// Build a local lab of nodes in network namespaces and show a failover live (root).
     Lab(lab::LabArgs),
+    /// Run the benchmark harness: each figure against its baseline measured in the same
+    /// run (testpmd, rte_hash, sendmmsg, ibv_rc_pingpong, bonding); writes JSON, Markdown
+    /// and SVG plots (root).
+    Bench(bench::BenchArgs),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -62,6 +67,9 @@ enum Command {
     /// Internal: traffic and probe agents started by `lab` inside its namespaces.
     #[command(hide = true)]
     LabAgent(lab::AgentArgs),
+    /// Internal: the verbs fabric benchmark and checks run inside the Soft-RoCE guest.
+    #[command(hide = true)]
+    BenchGuest(bench::fabric::guest::GuestArgs),
 }
 
 fn init_logging(json: bool) {
@@ -125,6 +133,14 @@ fn main() -> ExitCode {
             lab::main(args)
         }
         Command::LabAgent(args) => lab::agent(args),
+        Command::BenchGuest(args) => {
+            init_logging(false);
+            bench::fabric::guest::main(args)
+        }
+        Command::Bench(args) => {
+            init_logging(false);
+            bench::main(args)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

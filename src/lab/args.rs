@@ -52,6 +52,23 @@ pub struct LabArgs {
     /// Most probes one failover may lose before the run counts as failed.
     #[arg(long, default_value_t = 100, value_name = "PROBES")]
     pub loss_budget: u64,
+    /// Set by `--fabric verbs` on the host when it re-runs the lab inside the Soft-RoCE
+    /// guest (tests/lab/vm.sh): build the lab here, on this kernel's rdma_rxe.
+    #[arg(long, hide = true)]
+    pub in_guest: bool,
+    /// `--scenario faults`: how many NIC flaps (down, then up after 1–50 ms, then the next
+    /// after 1–50 ms).
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub flaps: u32,
+    /// `--scenario faults|soak`: seed of the random flap intervals and hostile input
+    /// (default: from the clock; printed either way, so a run can be repeated).
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u64>,
+    /// `--scenario soak`: how long to run.
+    #[arg(long, default_value_t = 600, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub soak_secs: u64,
     /// Remove a lab left by `--keep` (or by a lab that was killed): its run directory.
     #[arg(long, value_name = "RUN_DIR", exclusive = true)]
     pub cleanup: Option<PathBuf>,
@@ -70,6 +87,11 @@ pub enum Scenario {
     /// Cut a's NIC, then check that ARP and IPv6 neighbour solicitation from the station
     /// reach a through its proxy and that a's answers come back.
     Broadcast,
+    /// The fault-injection suite (NIC flaps, SIGKILL and restarts, fabric link loss, every
+    /// proxy down, SIGHUP with a broken config, hostile input), one table row per fault.
+    Faults,
+    /// Traffic and periodic faults for `--soak-secs`, sampling the daemons' RSS and fds.
+    Soak,
 }
 
 impl Scenario {
@@ -80,6 +102,8 @@ impl Scenario {
             Scenario::KillProxy => "kill-proxy",
             Scenario::AllPaths => "all-paths",
             Scenario::Broadcast => "broadcast",
+            Scenario::Faults => "faults",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -113,6 +137,16 @@ pub enum FabricArg {
     Udp,
     /// RC queue pairs over Soft-RoCE inside the lab guest.
     Verbs,
+}
+
+impl FabricArg {
+    /// The config value (`fabric.backend`), also used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            FabricArg::Udp => "udp",
+            FabricArg::Verbs => "verbs",
+        }
+    }
 }
 
 /// Options of the hidden `nicproxy lab-agent`.
@@ -167,6 +201,9 @@ pub enum AgentKind {
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
     },
+    /// The Linux bonding baseline of the failover benchmark (where the bonding module
+    /// exists: the lab guest); prints one JSON object.
+    Bonding(super::bonding::BondingArgs),
     /// Outside the namespaces, in its own process group: when its stdin closes without a
     /// `done` or `keep` line (the lab died), removes everything the manifest lists.
     Cleanup {

@@ -17,22 +17,31 @@
 mod agent;
 mod analysis;
 mod args;
+mod bonding;
+mod bonding_net;
 mod cmd;
 mod daemons;
 mod error;
+mod faults;
+mod faults_inject;
+mod faults_res;
+mod faults_soak;
 mod feeds;
+mod guest;
 mod manifest;
 mod names;
 mod nodeconf;
 mod report;
 mod run;
 mod scenario;
-mod svg;
+pub(crate) mod svg;
 mod timeline;
 mod topology;
+mod verbs;
 
 use std::process::ExitCode;
 
+pub use analysis::percentile;
 pub use args::{AgentArgs, LabArgs};
 
 /// Runs `nicproxy lab`; the exit code is 0 when every check of the scenario passed, 1 when

@@ -27,7 +27,7 @@ pub fn series(t: &Timeline, t0: u64) -> Vec<(f64, f64)> {
 }
 
 /// A "nice" step (1, 2 or 5 × 10^n) for about `target` ticks over `span`.
-fn nice_step(span: f64, target: f64) -> f64 {
+pub(crate) fn nice_step(span: f64, target: f64) -> f64 {
     if span <= 0.0 || !span.is_finite() {
         return 1.0;
     }
@@ -46,7 +46,7 @@ fn nice_step(span: f64, target: f64) -> f64 {
     n * mag
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

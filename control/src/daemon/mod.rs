@@ -153,9 +153,9 @@ struct Daemon {
 
 impl Daemon {
     fn start(cfg: Config, key: &GroupKey, path: &Path) -> Result<Daemon, DaemonError> {
-        if cfg.dataplane.cores.len() > 1 || cfg.nic.queues > 1 {
+        if usize::from(cfg.nic.queues) != self::dataplane::worker_count(&cfg) {
             return Err(DaemonError::Unsupported(
-                "the daemon runs one worker with one NIC queue for now: give at most one core in dataplane.cores and nic.queues = 1",
+                "each worker owns one NIC queue pair: nic.queues must equal the number of workers (the entries of dataplane.cores, or 1 when it is empty)",
             ));
         }
         #[cfg_attr(not(feature = "verbs"), allow(unused_mut))]
@@ -228,12 +228,7 @@ impl Daemon {
         }
         dp.publish();
         let proxy = ProxyServer::new(ProxyParams::from_config(&cfg));
-        let capture = capture::Service::new(
-            &cfg,
-            dp.worker
-                .as_mut()
-                .and_then(::dataplane::worker::WorkerHandle::take_capture),
-        );
+        let capture = capture::Service::new(&cfg, dp.take_capture());
         let status_rx = status::serve(&cfg.control_socket(), capture)?;
         let scrape_rx = metrics::serve(cfg.metrics.listen)?;
         let metrics = metrics::Metrics::new(&cfg.node.id);
@@ -283,6 +278,7 @@ impl Daemon {
                 ),
             }
         }
+        self.await_first_link(Duration::from_secs(2));
         let mut events = Vec::new();
         while !signal::stop_requested() {
             let now = self.started.elapsed();
@@ -324,11 +320,9 @@ impl Daemon {
             while let Ok(req) = self.scrape_rx.try_recv() {
                 let _ = req.reply.try_send(self.scrape());
             }
-            if let Some(w) = &self.dp.worker {
-                if !w.is_running() {
-                    tracing::error!("the worker thread ended; stopping");
-                    break;
-                }
+            if !self.dp.workers_running() {
+                tracing::error!("a worker thread ended; stopping");
+                break;
             }
             self.wait(now);
         }
@@ -364,6 +358,24 @@ impl Daemon {
             let mut probe = [0u8; 1];
             let _ = sock.peek_from(&mut probe);
             let _ = sock.set_nonblocking(true);
+        }
+    }
+
+    /// Waits (up to `timeout`) for the first report of the NIC's link before any session
+    /// is polled. Without it, a daemon restarted next to running peers saw a session come
+    /// up before the link watcher's first report, took the NIC for down, moved its MACs to
+    /// a proxy (the switch's FDB with them) and back a moment later (found by the lab's
+    /// fault suite, restarting a killed proxy).
+    fn await_first_link(&mut self, timeout: Duration) {
+        let t0 = Instant::now();
+        while self.nic_up.is_none() && t0.elapsed() < timeout && !signal::stop_requested() {
+            self.poll_link(self.started.elapsed());
+            if self.nic_up.is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if self.nic_up.is_none() {
+            tracing::warn!("no NIC link state within {timeout:?}; starting without it");
         }
     }
 
@@ -838,8 +850,12 @@ impl Daemon {
     }
 
     fn scrape(&mut self) -> String {
-        let counters: Vec<_> = self.dp.worker.iter().map(|w| w.counters()).collect();
+        let counters = self.dp.counters_per_worker();
         self.metrics.update_counters(&counters);
+        #[cfg(feature = "verbs")]
+        if let Some(v) = &self.verbs {
+            self.metrics.update_verbs(0, &v.counters());
+        }
         self.metrics
             .mempool_in_use
             .set(i64::from(self.dp.pool.in_use()));
@@ -874,7 +890,7 @@ impl Daemon {
 
     fn status_json(&self, now: Duration) -> serde_json::Value {
         use serde_json::json;
-        let counters = self.dp.worker.as_ref().map(|w| w.counters());
+        let counters = Some(self.dp.counters());
         let ports: Vec<_> = counters
             .as_ref()
             .map(|c| {
