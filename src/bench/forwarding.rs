@@ -76,48 +76,10 @@ fn shape(opts: &BenchOpts) -> (u32, u32) {
 /// Runs the suite: in the child, measures; in the parent, starts the child and makes the
 /// figures from what it measured.
 pub fn run(opts: &BenchOpts, progress: &Progress) -> Result<SuiteOutcome, String> {
-    if let Some(path) = std::env::var_os(CHILD_ENV) {
-        let raw = measure(opts, progress)?;
-        let text = serde_json::to_string(&raw).map_err(|e| format!("encoding results: {e}"))?;
-        std::fs::write(&path, text)
-            .map_err(|e| format!("writing results to {}: {e}", Path::new(&path).display()))?;
-        return Ok(SuiteOutcome::default());
+    match super::child::measure_in_child("forwarding", CHILD_ENV, opts, progress, measure)? {
+        Some(raw) => outcome(&raw),
+        None => Ok(SuiteOutcome::default()),
     }
-    let raw = run_child(opts, progress)?;
-    outcome(&raw)
-}
-
-/// Runs this binary's forwarding suite in a child process and reads back its raw results.
-fn run_child(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding the nicproxy binary: {e}"))?;
-    let dir = opts.out.join("forwarding-child");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let results = dir.join("raw.json");
-    let _ = std::fs::remove_file(&results);
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench", "--suite", "forwarding", "--out"])
-        .arg(&dir)
-        .env(CHILD_ENV, &results)
-        .stdin(Stdio::null())
-        // The child's own report is of no use (it has no figures); its progress goes to
-        // stderr, which is ours.
-        .stdout(Stdio::null());
-    if opts.quick {
-        cmd.arg("--quick");
-    }
-    progress.say("measuring in a child process (one EAL per process)");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("starting the measuring child: {e}"))?;
-    let text = std::fs::read_to_string(&results);
-    let _ = std::fs::remove_dir_all(&dir);
-    let text = text.map_err(|e| {
-        format!(
-            "the measuring child ({status}) left no results in {}: {e}",
-            results.display()
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| format!("reading the child's results: {e}"))
 }
 
 /// One 1-second window: frames forwarded (both directions), wall time, and CPU time of the

@@ -16,6 +16,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 mod bonding;
+mod child;
 pub(crate) mod fabric;
 mod failover;
 mod forwarding;

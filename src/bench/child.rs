@@ -1,0 +1,60 @@
+//! Suites that start DPDK measure in a child process of this binary: DPDK allows one EAL
+//! per process and pins the thread that starts it, and a bench run has several such suites.
+//! The child is `nicproxy bench --suite NAME` with an environment variable naming the file
+//! for its raw results; the parent reads them back and makes the figures.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::model::Progress;
+use super::BenchOpts;
+
+/// In the child (`env_key` set): runs `measure`, writes its raw results and returns `None`.
+/// In the parent: runs the child for `suite` and returns its raw results.
+pub(crate) fn measure_in_child(
+    suite: &str,
+    env_key: &str,
+    opts: &BenchOpts,
+    progress: &Progress,
+    measure: impl FnOnce(&BenchOpts, &Progress) -> Result<Value, String>,
+) -> Result<Option<Value>, String> {
+    if let Some(path) = std::env::var_os(env_key) {
+        let raw = measure(opts, progress)?;
+        let text = serde_json::to_string(&raw).map_err(|e| format!("encoding results: {e}"))?;
+        std::fs::write(&path, text)
+            .map_err(|e| format!("writing results to {}: {e}", Path::new(&path).display()))?;
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("finding the nicproxy binary: {e}"))?;
+    let dir = opts.out.join(format!("{suite}-child"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let results = dir.join("raw.json");
+    let _ = std::fs::remove_file(&results);
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "--suite", suite, "--out"])
+        .arg(&dir)
+        .env(env_key, &results)
+        .stdin(Stdio::null())
+        // The child's own report has no figures; its progress goes to our stderr.
+        .stdout(Stdio::null());
+    if opts.quick {
+        cmd.arg("--quick");
+    }
+    progress.say("measuring in a child process (one EAL per process)");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("starting the measuring child: {e}"))?;
+    let text = std::fs::read_to_string(&results);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = text.map_err(|e| {
+        format!(
+            "the measuring child ({status}) left no results in {}: {e}",
+            results.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("reading the child's results: {e}"))
+}
