@@ -7,12 +7,15 @@
 //! one at a time (a lab is three DPDK daemons plus traffic; two at once on a 2-core machine
 //! would measure the machine, not the daemon). Each takes a few seconds.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::Value;
+
+use common::lab::{num, OutDir};
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -22,15 +25,6 @@ static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// announces its failback once, when the hold-down ends, and announcements sent before the
 /// port forwards are not learned (see the report's `port_forwarding_ms`).
 const HOLD_DOWN_MS: &str = "1500";
-
-/// The report directory of one run, removed when the test ends (passed or not).
-struct OutDir(PathBuf);
-
-impl Drop for OutDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs the lab for one scenario and returns its JSON results; panics with the lab's
 /// output if it could not run or printed no JSON.
@@ -60,57 +54,18 @@ fn lab(scenario: &str) -> Value {
         .arg(&out.0)
         .output()
         .expect("running nicproxy lab");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
     eprintln!(
         "lab --scenario {scenario}: {} in {:.1} s",
         run.status,
         t0.elapsed().as_secs_f64()
     );
-    let json = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the lab printed no JSON last line ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-                run.status
-            )
-        });
-    // The summary (stdout without the live state lines) explains any failed assertion, and
-    // the daemons' logs (copied to the report directory) explain the summary.
-    let live =
-        |l: &&str| l.starts_with("  [") && !l.starts_with("  [ ok ]") && !l.starts_with("  [FAIL]");
-    let summary: Vec<&str> = stdout.lines().filter(|l| !live(l)).collect();
-    eprintln!("{}", summary.join("\n"));
-    if json["ok"] != Value::Bool(true) {
-        for node in ["a", "b", "c"] {
-            let log = std::fs::read_to_string(out.0.join(format!("daemon-{node}.log")))
-                .unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "--- daemon {node} (last lines) ---\n{}",
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            );
-        }
-    }
-    assert!(
-        json.get("error").is_none(),
-        "the lab could not run: {}\nstderr:\n{stderr}",
-        json["error"]
-    );
+    let json = common::lab::result(&run, &out.0);
     assert_eq!(
         run.status.success(),
         json["ok"] == Value::Bool(true),
         "exit status and the JSON's ok disagree"
     );
     json
-}
-
-fn num(j: &Value, key: &str) -> f64 {
-    j[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number: {}", j[key]))
 }
 
 /// Asserts that the lab's checks named by `required` (substrings of check names; each must

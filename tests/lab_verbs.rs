@@ -10,37 +10,13 @@
 //! failover figures are the guest's, not the host's; the test asserts on what happened,
 //! not on how fast. One run takes about two minutes here.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use serde_json::Value;
-
-/// The report directory, removed when the test ends (passed or not).
-struct OutDir(PathBuf);
-
-impl Drop for OutDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn num(j: &Value, key: &str) -> f64 {
-    j[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number: {}", j[key]))
-}
+use common::lab::{is_root, num, OutDir};
 
 #[test]
 fn lab_cut_nic_over_verbs_in_soft_roce_guest() {
@@ -72,52 +48,12 @@ fn lab_cut_nic_over_verbs_in_soft_roce_guest() {
         )
         .output()
         .expect("running nicproxy lab --fabric verbs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
     eprintln!(
         "lab --fabric verbs: {} in {:.1} s (guest boot included)",
         run.status,
         t0.elapsed().as_secs_f64()
     );
-    let j = stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the lab printed no JSON last line ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-                run.status
-            )
-        });
-    // The summary without the live state lines explains a failed assertion; the daemons'
-    // logs (written to the shared report directory by the guest) explain the summary.
-    let live =
-        |l: &&str| l.starts_with("  [") && !l.starts_with("  [ ok ]") && !l.starts_with("  [FAIL]");
-    eprintln!(
-        "{}",
-        stdout
-            .lines()
-            .filter(|l| !live(l))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    if j["ok"] != Value::Bool(true) {
-        eprintln!("stderr (guest console, vm.sh):\n{stderr}");
-        for node in ["a", "b", "c"] {
-            let log = std::fs::read_to_string(out.0.join(format!("daemon-{node}.log")))
-                .unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "--- daemon {node} (last lines) ---\n{}",
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            );
-        }
-    }
-    assert!(
-        j.get("error").is_none(),
-        "the lab could not run: {}\nstderr:\n{stderr}",
-        j["error"]
-    );
+    let j = common::lab::result(&run, &out.0);
     assert_eq!(j["fabric"], "verbs");
     assert!(
         out.0.join("report.json").is_file() && out.0.join("throughput.svg").is_file(),

@@ -21,6 +21,7 @@
 //!
 //! Both need root (namespaces, DPDK); without it they say so and pass.
 
+mod common;
 mod common_vm;
 
 use std::io::{BufRead, BufReader, Write};
@@ -33,6 +34,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+
+use common::lab::is_root;
 
 const NICPROXY: &str = env!("CARGO_BIN_EXE_nicproxy");
 const MAC_A: &str = "02:00:00:88:00:01";
@@ -99,17 +102,6 @@ fn udp_failover_with_netns_on_host() {
         a: SocketAddr::from((Ipv4Addr::new(127, 0, 1, 1), port)),
         b: SocketAddr::from((Ipv4Addr::new(127, 0, 1, 2), port)),
     });
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 // ------------------------------------------------------------------------------ the lab

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod dpdk;
+pub mod lab;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
