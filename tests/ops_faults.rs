@@ -147,7 +147,11 @@ fn every_fault_is_survived_within_budget() {
         json["ok"] == true || !known.is_empty(),
         "the suite reports a failure the rows do not show: {json}"
     );
-    assert!(run.status.success(), "exit status {}", run.status);
+    assert!(
+        run.status.success() || !known.is_empty(),
+        "exit status {}",
+        run.status
+    );
 }
 
 /// The daemons' path changes, session losses and upstream verdicts from the report's copy
