@@ -8,6 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod bench;
 mod capture;
 mod lab;
+mod loadavg;
 mod status;
 
 /// Keeps a node reachable on the management network through its peers when its management

@@ -287,7 +287,7 @@ pub fn run(opts: &BenchOpts, progress: &Progress) -> Result<SuiteOutcome, String
             ));
             notes.push(format!(
                 "the first host lab could not run (load {:.1}) and was retried: {e}",
-                super::report::load_average()
+                crate::loadavg::one_minute()
             ));
             std::thread::sleep(Duration::from_secs(10));
             run_lab(opts.cuts, &lab_dir, progress)?

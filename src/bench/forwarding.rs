@@ -478,15 +478,6 @@ fn testpmd(mode: &str, windows: u32) -> Result<Vec<Window>, String> {
     Ok(windows)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Removes DPDK's runtime directories of this run (EAL makes one even without shared
 /// config) on drop.
 struct RuntimeDirs(Vec<PathBuf>);
@@ -513,7 +504,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
         return Err(format!("needs at least {} CPUs", FWD_CPU + 1));
     }
     let (rounds, windows) = shape(opts);
-    let load_before = loadavg();
+    let load_before = crate::loadavg::all_three();
     let rig = Rig::new(&format!("npfwd-{pid}"))?;
     let mut series: [(&str, Vec<Window>); 4] = [
         ("worker", Vec::new()),
@@ -542,7 +533,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
             best(&series[1].1),
             best(&series[2].1),
             best(&series[3].1),
-            loadavg()
+            crate::loadavg::all_three()
         ));
     }
     let mut raw = serde_json::Map::new();
@@ -565,7 +556,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
         json!(FABRIC_POLL_INTERVAL.as_micros()),
     );
     raw.insert("loadavg_before".into(), json!(load_before));
-    raw.insert("loadavg_after".into(), json!(loadavg()));
+    raw.insert("loadavg_after".into(), json!(crate::loadavg::all_three()));
     Ok(Value::Object(raw))
 }
 

@@ -145,7 +145,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
     for (i, &suite) in suites.iter().enumerate() {
         let progress = Progress::new(suite.name());
         progress.say(format_args!("suite {}/{} starting", i + 1, suites.len()));
-        let load_before = report::load_average();
+        let load_before = crate::loadavg::one_minute();
         let t0 = Instant::now();
         let result = match suite {
             Suite::Steering => steering::run(&opts, &progress),
@@ -169,7 +169,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
             suite,
             seconds,
             load_before,
-            load_after: report::load_average(),
+            load_after: crate::loadavg::one_minute(),
             outcome,
             error,
         });

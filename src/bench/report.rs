@@ -8,14 +8,6 @@ use super::model::{Better, Figure, Plot};
 use super::SuiteRecord;
 use crate::lab::svg::{escape, nice_step};
 
-/// The 1-minute load average, or NaN when /proc is unreadable.
-pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if !v.is_finite() {

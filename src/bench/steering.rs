@@ -57,15 +57,6 @@ fn cycles_per_item(items: usize, passes: usize, mut f: impl FnMut()) -> f64 {
     best
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The child's half: cycles per frame for every size, as raw JSON.
 fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
     let prefix = format!("np-bench-steer-{}", std::process::id());
@@ -82,7 +73,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
     .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&prefix));
     let (rounds, passes) = if opts.quick { (20, 3) } else { (200, 7) };
-    let load_before = loadavg();
+    let load_before = crate::loadavg::all_three();
     let mut rows = Vec::new();
     for &n in &SIZES {
         let w = Workload::new(n, FRAMES, 42);
@@ -151,7 +142,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
         "passes": passes,
         "rows": rows,
         "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
+        "loadavg_after": crate::loadavg::all_three(),
     }))
 }
 

@@ -223,15 +223,6 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_string()).collect()
 }
 
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// One bond with this `miimon`, `cuts` cuts and restores under traffic; the report.
 fn measure(a: &BondingArgs, miimon: u32, cuts: u32, role: &str) -> Result<Value> {
     let pid = std::process::id();
@@ -251,7 +242,7 @@ fn measure_in(
     dir: &std::path::Path,
 ) -> Result<Value> {
     let t_start = Instant::now();
-    let load_before = load_average();
+    let load_before = crate::loadavg::one_minute();
     let notify = a.notify_delay_ms.div_ceil(miimon.max(1)) * miimon.max(1);
     let cfg = BondConfig {
         miimon,
@@ -412,7 +403,7 @@ fn measure_in(
     j["proxy_order"] = json!([SLAVES[1]]);
     j["bond"] = bond;
     j["load_before"] = json!(load_before);
-    j["load_after"] = json!(load_average());
+    j["load_after"] = json!(crate::loadavg::one_minute());
     j["seconds"] = json!(t_start.elapsed().as_secs_f64());
     let (gap_p99, gap_max) = send_gaps(&t);
     j["probe_send_gap_ms_p99"] = json!(gap_p99);

@@ -162,7 +162,7 @@ pub(super) struct Runner<'c, 'a> {
 /// Runs the suite (or the soak) on a lab whose traffic is steady.
 pub fn run(ctx: &mut Ctx<'_>) -> Result<Suite> {
     let seed = ctx.args.seed.unwrap_or_else(res::clock_seed);
-    let load0 = res::load_average();
+    let load0 = crate::loadavg::one_minute();
     println!("fault suite: seed {seed} (repeat with --seed {seed}); load average {load0:.1}");
     let mut r = Runner {
         ctx,
@@ -177,7 +177,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<Suite> {
             rows: Vec::new(),
             baselines: r.baselines,
             soak: Some(soak),
-            load: (load0, res::load_average()),
+            load: (load0, crate::loadavg::one_minute()),
         });
     }
     let mut rows = Vec::new();
@@ -214,7 +214,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<Suite> {
         rows,
         baselines: r.baselines,
         soak: None,
-        load: (load0, res::load_average()),
+        load: (load0, crate::loadavg::one_minute()),
     })
 }
 

@@ -95,15 +95,6 @@ impl Rng {
     }
 }
 
-/// The 1-minute load average (`/proc/loadavg`), recorded with the results: these machines
-/// are shared, and a loaded one delays the daemons' timers and the lab's probes alike.
-pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// A seed from the clock, for runs that were not given one.
 pub fn clock_seed() -> u64 {
     std::time::SystemTime::now()

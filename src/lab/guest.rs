@@ -239,7 +239,7 @@ fn run_guest(args: &LabArgs) -> Result<(bool, serde_json::Value)> {
         "vm_sh": vm_sh.display().to_string(),
         "wall_s": (wall * 10.0).round() / 10.0,
         "exit": code,
-        "load_avg": load_average(),
+        "load_avg": crate::loadavg::one_minute(),
     });
     match code {
         Some(0 | 1) => {
@@ -271,16 +271,6 @@ fn run_guest(args: &LabArgs) -> Result<(bool, serde_json::Value)> {
             ),
         }),
     }
-}
-
-/// The host's 1-minute load average (the guest's CPUs are the host's threads).
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
