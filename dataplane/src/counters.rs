@@ -63,11 +63,15 @@ pub enum DropReason {
     MalformedFabric,
     /// No buffer could be allocated to copy or build a frame.
     NoBuffer,
+    /// A frame for the local kernel while its interface has no carrier (no path at all, or
+    /// the kernel has not yet taken the carrier up): like a NIC without carrier, the
+    /// interface receives nothing it could not answer.
+    NoCarrier,
 }
 
 impl DropReason {
     /// Number of drop reasons; the length of per-reason arrays.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every reason, in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -88,6 +92,7 @@ impl DropReason {
         DropReason::FabricBackpressure,
         DropReason::MalformedFabric,
         DropReason::NoBuffer,
+        DropReason::NoCarrier,
     ];
 
     /// Position of this reason in per-reason arrays.
@@ -116,6 +121,7 @@ impl DropReason {
             DropReason::FabricBackpressure => "fabric_backpressure",
             DropReason::MalformedFabric => "malformed_fabric",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::NoCarrier => "no_carrier",
         }
     }
 }

@@ -42,6 +42,11 @@ pub struct PortConfig {
     pub mtu: Option<u16>,
     /// Receive frames for every destination MAC.
     pub promiscuous: bool,
+    /// The tx queues' `tx_free_thresh`; `None` keeps the driver's default. Its meaning is
+    /// the driver's: virtio frees sent mbufs only once more than `ring size - threshold`
+    /// descriptors are used, so a threshold near the ring size frees them at once instead
+    /// of holding up to a ring's worth out of the pool.
+    pub tx_free_thresh: Option<u16>,
 }
 
 impl PortConfig {
@@ -55,6 +60,7 @@ impl PortConfig {
             tx_descriptors: 1024,
             mtu: None,
             promiscuous: false,
+            tx_free_thresh: None,
         }
     }
 }
@@ -631,9 +637,15 @@ impl PortInner {
                 format!("{action}: setting up rx queue {q} ({nb_rx} descriptors)")
             })?;
         }
+        let txconf = cfg.tx_free_thresh.map(|t| ffi::rte_eth_txconf {
+            tx_free_thresh: t,
+            ..info.default_txconf
+        });
+        let txconf_ptr = txconf.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
         for q in 0..cfg.tx_queues {
-            // SAFETY: as above; a null txconf means driver defaults.
-            let rc = unsafe { ffi::rte_eth_tx_queue_setup(id, q, nb_tx, socket, std::ptr::null()) };
+            // SAFETY: as above; txconf is null (driver defaults) or points to `txconf`,
+            // which outlives the call.
+            let rc = unsafe { ffi::rte_eth_tx_queue_setup(id, q, nb_tx, socket, txconf_ptr) };
             check(rc, || {
                 format!("{action}: setting up tx queue {q} ({nb_tx} descriptors)")
             })?;

@@ -114,6 +114,7 @@ pub struct MacTableBuilder {
     ethertypes: Vec<u16>,
     max_frame_len: usize,
     generation: u64,
+    kernel_open: bool,
 }
 
 impl Default for MacTableBuilder {
@@ -135,6 +136,7 @@ impl MacTableBuilder {
             ethertypes: DEFAULT_ETHERTYPES.to_vec(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             generation: 0,
+            kernel_open: true,
         }
     }
 
@@ -207,6 +209,21 @@ impl MacTableBuilder {
             if info.uplink == Uplink::Session(session) {
                 info.uplink = Uplink::None;
             }
+        }
+        before - self.entries.len()
+    }
+
+    /// Forgets what a session carries as our client: its MACs and its domain memberships.
+    /// Unlike [`Self::remove_session`], an uplink through the session stays: the peer can
+    /// be our proxy and our client at once (each carried the other across a failover),
+    /// and ending the one role must not end the other (it did: the lab saw a node's own
+    /// traffic blackholed while its control plane reported it on that proxy). Returns how
+    /// many MACs were removed.
+    pub fn remove_client(&mut self, session: SessionId) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, a| *a != Action::Session(session));
+        for info in self.domains.values_mut() {
+            info.sessions.remove(session);
         }
         before - self.entries.len()
     }
@@ -392,6 +409,24 @@ impl MacTableBuilder {
         Ok(self)
     }
 
+    /// Sets whether the local kernel's interface takes frames (the default). Closed, every
+    /// frame for it is dropped as [`crate::counters::DropReason::NoCarrier`] and floods
+    /// leave it out, while the rest of the table works as before. The control plane closes
+    /// it before it drops the interface's carrier and opens it once the kernel has taken
+    /// the carrier up again: until then the kernel transmits nothing (its queue discipline
+    /// is still the no-op one), so a frame it answered would need a neighbour lookup whose
+    /// solicitation is lost, and its answers would wait a whole retransmission time (1 s)
+    /// for the next one (seen in the lab: ~0.5 s of probes lost after a path came back).
+    pub fn set_kernel_open(&mut self, open: bool) -> &mut Self {
+        self.kernel_open = open;
+        self
+    }
+
+    /// Whether the local kernel's interface takes frames.
+    pub fn kernel_open(&self) -> bool {
+        self.kernel_open
+    }
+
     pub fn build(&mut self) -> Box<MacTable> {
         self.generation += 1;
         let capacity = (self.entries.len() * 2)
@@ -414,6 +449,7 @@ impl MacTableBuilder {
             ethertypes: [0; MAX_ETHERTYPES],
             max_frame_len: self.max_frame_len,
             generation: self.generation,
+            kernel_open: self.kernel_open,
         };
         // Insert in key order: the slot layout then depends only on the content, not on the
         // HashMap's iteration order, which makes snapshots reproducible.

@@ -7,7 +7,11 @@ use super::types::{Action, Decision, Flood, SessionId, SessionMask, Source, Upli
 use crate::counters::DropReason;
 
 /// Steers one frame.
-#[inline]
+///
+/// Always inlined: with plain `#[inline]` the compiler kept it out of line once `decide`
+/// grew (the carrier check), a call per frame that took the steering suite's full decision
+/// from 15 to 29 cycles.
+#[inline(always)]
 pub fn steer(table: &MacTable, source: Source, frame: &[u8]) -> Decision {
     match classify(table, frame) {
         Ok(c) => decide(table, source, &c),
@@ -50,6 +54,28 @@ pub fn steer_bulk_from<F: AsRef<[u8]>>(
 /// Applies the rules to an already classified frame.
 #[inline(always)]
 pub fn decide(table: &MacTable, source: Source, c: &Classified) -> Decision {
+    let d = decide_open(table, source, c);
+    if table.kernel_open {
+        d
+    } else {
+        without_kernel(d)
+    }
+}
+
+/// A decision with the local kernel left out: its interface has no carrier.
+#[cold]
+fn without_kernel(d: Decision) -> Decision {
+    match d {
+        Decision::Kernel => Decision::Drop(DropReason::NoCarrier),
+        Decision::Flood(f) if f.kernel => {
+            flood(Flood { kernel: false, ..f }, DropReason::NoCarrier)
+        }
+        d => d,
+    }
+}
+
+#[inline(always)]
+fn decide_open(table: &MacTable, source: Source, c: &Classified) -> Decision {
     let dom = table.domain(c.domain);
     match source {
         Source::Nic => {

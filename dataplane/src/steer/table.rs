@@ -92,6 +92,9 @@ pub struct MacTable {
     pub(super) ethertypes: [u16; MAX_ETHERTYPES],
     pub(super) max_frame_len: usize,
     pub(super) generation: u64,
+    /// Whether the local kernel's interface takes frames (see
+    /// [`super::MacTableBuilder::set_kernel_open`]).
+    pub(super) kernel_open: bool,
 }
 
 impl MacTable {

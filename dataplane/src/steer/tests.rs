@@ -1353,3 +1353,130 @@ fn bulk_reuse_matches_steering_frame_by_frame() {
         assert_eq!(got, want, "round {round}, from the kernel");
     }
 }
+
+/// While the kernel's interface has no carrier, nothing reaches it (counted as
+/// `no_carrier`), floods still reach everyone else, and every other rule is unchanged;
+/// opened again, the same frames reach it.
+#[test]
+fn a_closed_kernel_receives_nothing_and_the_rest_is_unchanged() {
+    let mut b = base_builder();
+    b.set_kernel_open(false);
+    assert!(!b.kernel_open());
+    let closed = b.build();
+    let open = b.set_kernel_open(true).build();
+    let s1 = Source::Session(S1);
+    let s3 = Source::Session(S3);
+    // (source, frame, decision while closed, decision while open)
+    let cases = [
+        (
+            NIC,
+            frame(LOCAL, LAN, Tags::Untagged),
+            dropped(NoCarrier),
+            Decision::Kernel,
+        ),
+        (
+            NIC,
+            frame(LOCAL, LAN, Tags::Q(10)),
+            dropped(NoCarrier),
+            Decision::Kernel,
+        ),
+        (
+            s1,
+            frame(LOCAL, A, Tags::Untagged),
+            dropped(NoCarrier),
+            Decision::Kernel,
+        ),
+        (
+            s3,
+            frame(LOCAL, LAN, Tags::Q(20)),
+            dropped(NoCarrier),
+            Decision::Kernel,
+        ),
+        (
+            NIC,
+            frame(BCAST, LAN, Tags::Untagged),
+            flood(false, false, &[S1, S2, S63]),
+            flood(true, false, &[S1, S2, S63]),
+        ),
+        (
+            s1,
+            frame(BCAST, A, Tags::Q(10)),
+            flood(false, true, &[]),
+            flood(true, true, &[]),
+        ),
+        // A flood whose only member was the kernel.
+        (
+            s3,
+            frame(BCAST, LAN, Tags::Q(20)),
+            dropped(NoCarrier),
+            flood(true, false, &[]),
+        ),
+        (
+            NIC,
+            frame(LLDP, LAN, Tags::Untagged),
+            dropped(NoCarrier),
+            Decision::Kernel,
+        ),
+        // Not for the kernel: as before.
+        (
+            NIC,
+            frame(A, LAN, Tags::Untagged),
+            Decision::Session(S1),
+            Decision::Session(S1),
+        ),
+        (
+            KERNEL,
+            frame(LAN, LOCAL, Tags::Untagged),
+            Decision::Nic,
+            Decision::Nic,
+        ),
+        (
+            s1,
+            frame(LAN, A, Tags::Untagged),
+            Decision::Nic,
+            Decision::Nic,
+        ),
+        (
+            NIC,
+            frame(BLACK, LAN, Tags::Untagged),
+            dropped(Filtered),
+            dropped(Filtered),
+        ),
+    ];
+    for (i, (src, f, want_closed, want_open)) in cases.iter().enumerate() {
+        assert_eq!(steer(&closed, *src, f), *want_closed, "case {i} closed");
+        assert_eq!(steer(&open, *src, f), *want_open, "case {i} open");
+    }
+}
+
+/// A peer can be our proxy and our client at once: ending the client role keeps our uplink
+/// through it (and its frames still come in as our proxy's), while forgetting the session
+/// altogether ends both.
+#[test]
+fn removing_a_client_keeps_our_uplink_through_the_same_peer() {
+    let mut b = base_builder();
+    // D0's uplink goes through S1, which is also a client there (A, A2) and in D1.
+    let mut info = b.domain(D0);
+    info.uplink = Uplink::Session(S1);
+    b.set_domain(D0, info).unwrap();
+    assert_eq!(b.remove_client(S1), 3);
+    let t = b.build();
+    assert_eq!(t.domain(D0).uplink, Uplink::Session(S1));
+    assert!(!t.domain(D0).sessions.contains(S1));
+    assert!(!t.domain(D1).sessions.contains(S1));
+    assert_eq!(
+        steer(&t, KERNEL, &frame(LAN, LOCAL, Tags::Untagged)),
+        Decision::Session(S1)
+    );
+    assert_eq!(
+        steer(&t, Source::Session(S1), &frame(LOCAL, LAN, Tags::Untagged)),
+        Decision::Kernel
+    );
+    // The client's MAC is gone: from the NIC it is no longer ours to carry.
+    assert_ne!(
+        steer(&t, NIC, &frame(A, LAN, Tags::Untagged)),
+        Decision::Session(S1)
+    );
+    assert_eq!(b.remove_session(S1), 0);
+    assert_eq!(b.build().domain(D0).uplink, Uplink::None);
+}

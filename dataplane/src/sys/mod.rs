@@ -5,3 +5,4 @@ pub mod netns;
 pub mod raw_socket;
 pub mod sched;
 pub mod signal;
+pub mod wait;

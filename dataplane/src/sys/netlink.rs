@@ -36,6 +36,9 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const IFLA_CARRIER: u16 = 33;
+const IFLA_OPERSTATE: u16 = 16;
+/// RFC 2863 operational state "up" (`IF_OPER_UP`).
+const IF_OPER_UP: u8 = 6;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const NLMSG_HDR: usize = 16;
@@ -139,22 +142,60 @@ impl Netlink {
         })
     }
 
-    /// Whether interface `ifindex` has carrier.
-    pub fn carrier(&mut self, ifindex: u32) -> Result<bool, NetlinkError> {
+    /// Brings interface `ifindex` administratively up (IFF_UP), as `ip link set up` does.
+    /// DPDK's virtio-user leaves the tap it creates over vhost-kernel down, where its TAP
+    /// PMD brings its own interface up.
+    pub fn set_up(&mut self, ifindex: u32) -> Result<(), NetlinkError> {
         let mut msg = [0u8; NLMSG_HDR + IFINFOMSG];
-        let seq = self.header(&mut msg, RTM_GETLINK, NLM_F_REQUEST);
-        msg[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        let action = || format!("reading the carrier of interface #{ifindex}");
+        let seq = self.header(&mut msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK);
+        let h = NLMSG_HDR;
+        msg[h + 4..h + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        // ifi_flags, then ifi_change: which flags the request changes.
+        let up = libc::IFF_UP as u32;
+        msg[h + 8..h + 12].copy_from_slice(&up.to_ne_bytes());
+        msg[h + 12..h + 16].copy_from_slice(&up.to_ne_bytes());
+        let action = || format!("bringing interface #{ifindex} up");
         self.send(&msg).map_err(|source| NetlinkError {
             action: action(),
             source,
         })?;
-        let mut carrier = None;
+        self.wait_ack(seq).map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })
+    }
+
+    /// Whether interface `ifindex` has carrier.
+    pub fn carrier(&mut self, ifindex: u32) -> Result<bool, NetlinkError> {
+        self.link_u8(ifindex, IFLA_CARRIER, "carrier")
+            .map(|c| c != 0)
+    }
+
+    /// Whether interface `ifindex` is operationally up. The kernel sets this state from its
+    /// deferred link-watch work after a carrier change, in the same step that swaps the
+    /// interface's queue discipline in or out: until an interface whose carrier came back
+    /// reports it, everything the kernel sends on it is dropped.
+    pub fn oper_up(&mut self, ifindex: u32) -> Result<bool, NetlinkError> {
+        self.link_u8(ifindex, IFLA_OPERSTATE, "operational state")
+            .map(|s| s == IF_OPER_UP)
+    }
+
+    /// The first byte of link attribute `attr` of interface `ifindex`.
+    fn link_u8(&mut self, ifindex: u32, attr: u16, what: &str) -> Result<u8, NetlinkError> {
+        let mut msg = [0u8; NLMSG_HDR + IFINFOMSG];
+        let seq = self.header(&mut msg, RTM_GETLINK, NLM_F_REQUEST);
+        msg[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        let action = || format!("reading the {what} of interface #{ifindex}");
+        self.send(&msg).map_err(|source| NetlinkError {
+            action: action(),
+            source,
+        })?;
+        let mut value = None;
         self.read_replies(seq, |ty, body| {
             if ty == RTM_NEWLINK && body.len() >= IFINFOMSG {
                 for (kind, val) in attrs(&body[IFINFOMSG..]) {
-                    if kind == IFLA_CARRIER {
-                        carrier = val.first().map(|&b| b != 0);
+                    if kind == attr {
+                        value = val.first().copied();
                     }
                 }
             }
@@ -163,11 +204,11 @@ impl Netlink {
             action: action(),
             source,
         })?;
-        carrier.ok_or_else(|| NetlinkError {
+        value.ok_or_else(|| NetlinkError {
             action: action(),
             source: io::Error::new(
                 io::ErrorKind::InvalidData,
-                "the kernel sent no IFLA_CARRIER",
+                format!("the kernel sent no link attribute {attr} ({what})"),
             ),
         })
     }

@@ -125,6 +125,26 @@ impl RawSocket {
         usize::try_from(n).map_err(|_| self.err("sending a frame", io::Error::last_os_error()))
     }
 
+    /// Sends one frame without waiting: when the interface's queue and this socket's send
+    /// buffer are full (the kernel interface's reader, a DPDK worker, is behind), the frame
+    /// is refused with EAGAIN rather than the caller put to sleep. For the control thread,
+    /// whose heartbeats must not wait for the dataplane.
+    ///
+    /// # Errors
+    /// EAGAIN/ENOBUFS when the queue is full, EMSGSIZE for a frame above the MTU.
+    pub fn send_nowait(&self, frame: &[u8]) -> Result<usize, RawSocketError> {
+        // SAFETY: frame is a valid readable buffer of frame.len() bytes.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        usize::try_from(n).map_err(|_| self.err("sending a frame", io::Error::last_os_error()))
+    }
+
     /// Receives one incoming frame into `buf`, waiting up to `timeout`. Returns `Ok(None)` on
     /// timeout, else the frame's full length (larger than `buf.len()` if it was truncated).
     ///

@@ -28,7 +28,7 @@ pub use relay::{relays, Relay, Relayed};
 
 use crate::counters::{worker_counters, CounterReader, CounterWriter, CountersSnapshot, DropTally};
 use crate::dpdk::{tsc, Burst, DpdkError, Eal, Mbuf, PortQueue, BURST_SIZE};
-use crate::steer::{steer_bulk, steer_bulk_from, Decision, SessionId, Source, TableReader};
+use crate::steer::{classify, decide, Decision, MacTable, SessionId, Source, TableReader};
 
 /// Counter index of the NIC port.
 pub const PORT_NIC: usize = 0;
@@ -289,6 +289,45 @@ struct Scratch {
     sessions: [SessionId; BURST_SIZE],
 }
 
+/// Steers `frames` into `decisions` and their tx lanes into `lanes` (Kernel and Nic are
+/// the only bulk lanes; anything else clears the returned `bulk` flag), summing the bytes
+/// received and the bytes bound for the NIC. Branch-free past the steering itself.
+#[inline(always)]
+fn steer_lanes(
+    table: &MacTable,
+    source: impl Fn(usize) -> Source,
+    frames: &[Mbuf],
+    decisions: &mut [Decision],
+    lanes: &mut [u8],
+) -> (bool, u64, u64) {
+    let (mut rx_bytes, mut nic_bytes) = (0u64, 0u64);
+    let mut bulk = true;
+    for (i, ((m, d), l)) in frames
+        .iter()
+        .zip(decisions.iter_mut())
+        .zip(lanes.iter_mut())
+        .enumerate()
+    {
+        // classify and decide are inline(always); `steer` itself is only #[inline], and
+        // was left out of line once this loop was specialised per source (a call per frame).
+        *d = match classify(table, m.data()) {
+            Ok(c) => decide(table, source(i), &c),
+            Err(r) => Decision::Drop(r),
+        };
+        let len = m.len() as u64;
+        let (lane, ok) = match d {
+            Decision::Kernel => (LANE_KERNEL, true),
+            Decision::Nic => (LANE_NIC, true),
+            _ => (LANE_KERNEL, false),
+        };
+        *l = lane;
+        bulk &= ok;
+        rx_bytes += len;
+        nic_bytes += len * u64::from(lane);
+    }
+    (bulk, rx_bytes, nic_bytes)
+}
+
 struct Loop {
     nic_tx: TxQueue,
     kernel_tx: TxQueue,
@@ -433,33 +472,26 @@ impl Loop {
             m.prefetch_data();
         }
         let decisions = &mut sc.decisions[..n];
-        if from_fabric {
+        let lanes = &mut sc.lanes[..n];
+        // One pass per burst, specialised per source (a constant source lets the rules'
+        // match on it fold away): steer, lane and byte counts together, so each frame's
+        // mbuf and decision are touched once.
+        let (bulk, rx_bytes, nic_bytes) = if from_fabric {
             let sessions = &sc.sessions;
-            steer_bulk_from(
+            steer_lanes(
                 table,
                 |i| Source::Session(sessions.get(i).copied().unwrap_or_default()),
                 frames,
                 decisions,
-            );
+                lanes,
+            )
         } else {
-            steer_bulk(table, source, frames, decisions);
-        }
-
-        // Lanes and byte counts, branch-free: Kernel and Nic are the only bulk lanes.
-        let (mut rx_bytes, mut nic_bytes) = (0u64, 0u64);
-        let mut bulk = true;
-        for ((l, d), m) in sc.lanes[..n].iter_mut().zip(decisions.iter()).zip(frames) {
-            let len = m.len() as u64;
-            let (lane, ok) = match d {
-                Decision::Kernel => (LANE_KERNEL, true),
-                Decision::Nic => (LANE_NIC, true),
-                _ => (LANE_KERNEL, false),
-            };
-            *l = lane;
-            bulk &= ok;
-            rx_bytes += len;
-            nic_bytes += len * u64::from(lane);
-        }
+            match source {
+                Source::Nic => steer_lanes(table, |_| Source::Nic, frames, decisions, lanes),
+                Source::Kernel => steer_lanes(table, |_| Source::Kernel, frames, decisions, lanes),
+                s => steer_lanes(table, |_| s, frames, decisions, lanes),
+            }
+        };
         stats.rx[port].0 += n as u64;
         stats.rx[port].1 += rx_bytes;
 
