@@ -9,6 +9,7 @@ mod bench;
 mod capture;
 mod lab;
 mod loadavg;
+mod logwriter;
 mod status;
 
 /// Keeps a node reachable on the management network through its peers when its management
@@ -73,16 +74,32 @@ enum Command {
     BenchGuest(bench::fabric::guest::GuestArgs),
 }
 
-fn init_logging(json: bool) {
+/// The daemon's logging: lines go to stderr from a writer thread of their own (see
+/// [`logwriter`]); the guard writes out what is queued when dropped.
+fn init_logging(json: bool) -> Option<logwriter::Guard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match logwriter::start(std::io::stderr()) {
+        Ok((writer, guard)) => {
+            let builder = builder.with_writer(writer);
+            if json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            Some(guard)
+        }
+        Err(e) => {
+            eprintln!("nicproxy: no log writer thread ({e}); logging to stderr directly");
+            let builder = builder.with_writer(std::io::stderr);
+            if json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            None
+        }
     }
 }
 
@@ -90,7 +107,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, log_format } => {
-            init_logging(log_format == "json");
+            let _log = init_logging(log_format == "json");
             match control::daemon::run_from_file(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -130,16 +147,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Lab(args) => {
-            init_logging(false);
+            let _log = init_logging(false);
             lab::main(args)
         }
         Command::LabAgent(args) => lab::agent(args),
         Command::BenchGuest(args) => {
-            init_logging(false);
+            let _log = init_logging(false);
             bench::fabric::guest::main(args)
         }
         Command::Bench(args) => {
-            init_logging(false);
+            let _log = init_logging(false);
             bench::main(args)
         }
         Command::Completions { shell } => {

@@ -125,5 +125,25 @@ fn print_human(v: &Value) {
             println!("  drops by reason: {}", v["drops"]);
         }
     }
+    let workers = v["workers"].as_array().map_or(&[][..], Vec::as_slice);
+    if workers.len() > 1 {
+        println!("  per worker:");
+        for w in workers {
+            let ports: Vec<String> = w["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{} rx {} tx {}",
+                        p["port"].as_str().unwrap_or("?"),
+                        p["rx_packets"],
+                        p["tx_packets"]
+                    )
+                })
+                .collect();
+            println!("    worker {}: {}", w["worker"], ports.join(", "));
+        }
+    }
     println!("  mempool in use: {}", s("mempool_in_use"));
 }

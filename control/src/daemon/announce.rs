@@ -24,6 +24,11 @@ pub struct Announcer {
     pending: u32,
     next_at: Duration,
     addrs: Vec<IpAddr>,
+    /// A burst of ARP probes from MACs whose addresses we do not know: (MAC, VLAN) pairs,
+    /// rounds left, and when the next round is due.
+    probes: Vec<(MacAddr, Option<u16>)>,
+    probes_pending: u32,
+    probes_next_at: Duration,
     /// Frames sent since start.
     pub sent: u64,
     /// Bursts started since start.
@@ -50,6 +55,9 @@ impl Announcer {
             pending: 0,
             next_at: Duration::ZERO,
             addrs: Vec::new(),
+            probes: Vec::new(),
+            probes_pending: 0,
+            probes_next_at: Duration::ZERO,
             sent: 0,
             bursts: 0,
         })
@@ -68,8 +76,17 @@ impl Announcer {
         self.tick(now);
     }
 
-    /// Sends the next round of the burst when it is due.
+    /// Sends the next round of each burst under way when it is due.
     pub fn tick(&mut self, now: Duration) {
+        if self.probes_pending > 0 && now >= self.probes_next_at {
+            self.probes_pending -= 1;
+            self.probes_next_at = now + self.interval;
+            let probes = std::mem::take(&mut self.probes);
+            for &(mac, vlan) in &probes {
+                self.probe_from(&[mac], vlan);
+            }
+            self.probes = probes;
+        }
         if self.pending == 0 || now < self.next_at {
             return;
         }
@@ -94,7 +111,7 @@ impl Announcer {
                 .build(&mut buf),
             };
             match built {
-                Ok(n) => match self.sock.send(&buf[..n]) {
+                Ok(n) => match self.sock.send_nowait(&buf[..n]) {
                     Ok(_) => self.sent += 1,
                     Err(e) => tracing::debug!("announce {ip}: {e}"),
                 },
@@ -119,7 +136,7 @@ impl Announcer {
                 kind: GarpKind::Request,
             };
             if let Ok(n) = probe.build(&mut buf) {
-                if self.sock.send(&buf[..n]).is_ok() {
+                if self.sock.send_nowait(&buf[..n]).is_ok() {
                     sent += 1;
                 }
             }
@@ -128,8 +145,32 @@ impl Announcer {
         sent
     }
 
+    /// Starts a burst of ARP probes (see [`Announcer::probe_from`]) from each of `macs` in
+    /// each of `vlans` (`None`: untagged), `announce.count` rounds `announce.interval_ms`
+    /// apart, replacing a probe burst under way. For MACs that join the node at run time:
+    /// repeated, because the first round can overtake the proxy request that makes our
+    /// proxy accept the new MAC (control and data travel on different sockets).
+    pub fn probe_burst(&mut self, now: Duration, macs: &[MacAddr], vlans: &[Option<u16>]) {
+        self.probes = macs
+            .iter()
+            .flat_map(|&m| vlans.iter().map(move |&v| (m, v)))
+            .collect();
+        self.probes_pending = if self.probes.is_empty() {
+            0
+        } else {
+            self.count
+        };
+        self.probes_next_at = now;
+        self.tick(now);
+    }
+
     /// When the next round is due, if a burst is under way.
     pub fn next_deadline(&self) -> Option<Duration> {
-        (self.pending > 0).then_some(self.next_at)
+        let garp = (self.pending > 0).then_some(self.next_at);
+        let probes = (self.probes_pending > 0).then_some(self.probes_next_at);
+        match (garp, probes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

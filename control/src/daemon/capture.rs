@@ -19,12 +19,20 @@
 //! sending side (how the client stops a capture), when the worker stops, or when the
 //! daemon is asked to stop.
 //!
-//! The capture runs on a thread of its own, never on the control thread: the worker's
-//! record ring is drained every millisecond, and a slow client only fills that ring (its
-//! frames are then counted as dropped); forwarding and failure detection never wait for a
-//! capture. One capture runs at a time per daemon (the ring has one reader).
+//! Every worker captures: each records the frames it steers into a ring of its own (a
+//! frame is steered, so recorded, by exactly one worker; frames a worker hands to the
+//! fabric's owner through the relay ring are not recorded again), and the capture thread
+//! merges the rings into the one stream, each drain in time order. With several workers a
+//! frame's note ends with the worker that steered it (`worker=1`): which queue a flow
+//! landed on is what an operator asks of RSS.
+//!
+//! The capture runs on a thread of its own, never on the control thread: the workers'
+//! record rings are drained every millisecond, and a slow client only fills those rings
+//! (their frames are then counted as dropped); forwarding and failure detection never wait
+//! for a capture. One capture runs at a time per daemon (each ring has one reader).
 
 use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -32,7 +40,7 @@ use std::time::Duration;
 use ::dataplane::steer::{Decision, SessionId, Source};
 use ::dataplane::wire::MacAddr;
 use ::dataplane::worker::capture::{
-    CaptureControl, CaptureFilter, CapturedFrame, MAX_SNAPLEN, MIN_SNAPLEN,
+    CaptureControl, CaptureFilter, CaptureStats, CapturedFrame, MAX_SNAPLEN, MIN_SNAPLEN,
 };
 use ::dataplane::worker::PORT_NAMES;
 
@@ -227,8 +235,9 @@ fn encode(out: &mut Vec<u8>, f: &CapturedFrame<'_>, note: &str) {
     out.extend_from_slice(f.data);
 }
 
-/// The path of a frame in words, with sessions named by their peers.
-fn note(f: &CapturedFrame<'_>, peers: &[String]) -> String {
+/// The path of a frame in words, with sessions named by their peers, and the worker that
+/// steered it when there are several.
+fn note(f: &CapturedFrame<'_>, peers: &[String], worker: Option<usize>) -> String {
     let peer = |s: SessionId| {
         peers
             .get(usize::from(s.0))
@@ -257,13 +266,62 @@ fn note(f: &CapturedFrame<'_>, peers: &[String]) -> String {
         }
         Decision::Drop(r) => format!("drop:{}", r.name()),
     };
-    format!("in={from} out={to}")
+    match worker {
+        Some(w) => format!("in={from} out={to} worker={w}"),
+        None => format!("in={from} out={to}"),
+    }
 }
 
-/// Runs captures for the control socket: holds the worker's capture end between captures.
+/// The frames of one drain of every worker's ring, encoded, to be written in time order.
+#[derive(Default)]
+struct Drain {
+    bytes: Vec<u8>,
+    records: Vec<(Duration, Range<usize>)>,
+}
+
+impl Drain {
+    /// Takes up to `limit` frames from each worker's ring (at most `limit` are written: the
+    /// earliest).
+    fn fill(&mut self, ctls: &mut [CaptureControl], limit: usize, peers: &[String]) {
+        self.bytes.clear();
+        self.records.clear();
+        let several = ctls.len() > 1;
+        for (w, ctl) in ctls.iter_mut().enumerate() {
+            ctl.poll(limit, |f| {
+                let start = self.bytes.len();
+                encode(&mut self.bytes, f, &note(f, peers, several.then_some(w)));
+                self.records.push((f.time, start..self.bytes.len()));
+            });
+        }
+        // Each ring is in time order; the merge is stable, so equal times keep worker order.
+        self.records.sort_by_key(|(t, _)| *t);
+        self.records.truncate(limit);
+    }
+
+    /// Writes the records in time order; returns how many.
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<usize> {
+        for (_, r) in &self.records {
+            out.write_all(&self.bytes[r.clone()])?;
+        }
+        Ok(self.records.len())
+    }
+}
+
+/// Every worker's counts of the current capture, summed.
+fn stats_of(ctls: &[CaptureControl]) -> CaptureStats {
+    ctls.iter().fold(CaptureStats::default(), |a, c| {
+        let s = c.stats();
+        CaptureStats {
+            captured: a.captured + s.captured,
+            dropped: a.dropped + s.dropped,
+        }
+    })
+}
+
+/// Runs captures for the control socket: holds the workers' capture ends between captures.
 #[derive(Clone)]
 pub struct Service {
-    control: Arc<Mutex<Option<CaptureControl>>>,
+    control: Arc<Mutex<Option<Vec<CaptureControl>>>>,
     /// Whether there is a worker to capture from at all.
     has_worker: bool,
     node: String,
@@ -271,12 +329,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// The service of a node; `control` is the worker's capture end (none: captures are
-    /// refused with a clear answer).
-    pub fn new(cfg: &Config, control: Option<CaptureControl>) -> Service {
+    /// The service of a node; `controls` are the workers' capture ends, in worker order
+    /// (none: captures are refused with a clear answer).
+    pub fn new(cfg: &Config, controls: Vec<CaptureControl>) -> Service {
         Service {
-            has_worker: control.is_some(),
-            control: Arc::new(Mutex::new(control)),
+            has_worker: !controls.is_empty(),
+            control: Arc::new(Mutex::new((!controls.is_empty()).then_some(controls))),
             node: cfg.node.id.clone(),
             peers: Arc::new(cfg.peers.iter().map(|p| p.id.clone()).collect()),
         }
@@ -313,7 +371,7 @@ impl Service {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let Some(mut ctl) = taken else {
+        let Some(mut ctls) = taken else {
             let why = if self.has_worker {
                 "another capture is running on this daemon (one at a time)"
             } else {
@@ -321,36 +379,40 @@ impl Service {
             };
             return refuse(&mut conn, why.into());
         };
-        if let Err(e) = ctl.start(filter, req.snaplen) {
-            self.give_back(ctl);
-            return refuse(&mut conn, e.to_string());
+        let started = ctls.iter_mut().enumerate().try_for_each(|(w, c)| {
+            c.start(filter, req.snaplen)
+                .map_err(|e| format!("worker {w}: {e}"))
+        });
+        if let Err(e) = started {
+            stop_all(&mut ctls);
+            self.give_back(ctls);
+            return refuse(&mut conn, e);
         }
         let this = self.clone();
         let spawned = std::thread::Builder::new()
             .name("np-capture".into())
             .spawn(move || {
-                let mut ctl = ctl;
-                this.stream(&mut ctl, conn, &req);
-                if let Err(e) = ctl.stop() {
-                    tracing::warn!("capture: {e}");
-                }
-                this.give_back(ctl);
+                super::raise_aux_thread();
+                let mut ctls = ctls;
+                this.stream(&mut ctls, conn, &req);
+                stop_all(&mut ctls);
+                this.give_back(ctls);
             });
         if let Err(e) = spawned {
             tracing::error!("capture: starting its thread: {e}");
         }
     }
 
-    fn give_back(&self, ctl: CaptureControl) {
-        *self.control.lock().unwrap_or_else(PoisonError::into_inner) = Some(ctl);
+    fn give_back(&self, ctls: Vec<CaptureControl>) {
+        *self.control.lock().unwrap_or_else(PoisonError::into_inner) = Some(ctls);
     }
 
-    fn stream(&self, ctl: &mut CaptureControl, conn: UnixStream, req: &Request) {
+    fn stream(&self, ctls: &mut [CaptureControl], conn: UnixStream, req: &Request) {
         let filter = match &req.filter {
             RequestFilter::Mac(m) => format!("mac {m}"),
             RequestFilter::Session(p) => format!("session {p}"),
         };
-        tracing::info!(%filter, count = ?req.count, snaplen = req.snaplen, "capture started");
+        tracing::info!(%filter, count = ?req.count, snaplen = req.snaplen, workers = ctls.len(), "capture started");
         let Ok(mut reader) = conn.try_clone() else {
             return;
         };
@@ -368,23 +430,24 @@ impl Service {
         let mut out = BufWriter::with_capacity(64 * 1024, conn);
         let head = serde_json::json!({
             "ok": true, "node": self.node, "filter": filter, "snaplen": req.snaplen,
-            "count": req.count, "interfaces": PORT_NAMES,
+            "count": req.count, "interfaces": PORT_NAMES, "workers": ctls.len(),
         });
         if writeln!(out, "{head}").and_then(|()| out.flush()).is_err() {
             return;
         }
         let mut sent: u64 = 0;
-        let mut buf = Vec::with_capacity(BATCH * 256);
+        let mut drain = Drain::default();
         let mut probe = [0u8; 64];
         let ended = loop {
             let want = req.count.map_or(u64::MAX, |c| c - sent);
             let limit = usize::try_from(want).unwrap_or(usize::MAX).min(BATCH);
-            buf.clear();
-            let n = ctl.poll(limit, |f| encode(&mut buf, f, &note(f, &self.peers)));
-            sent += n as u64;
-            if !buf.is_empty() && out.write_all(&buf).is_err() {
-                tracing::info!(sent, "capture: the client went away");
-                return;
+            drain.fill(ctls, limit, &self.peers);
+            match drain.write_to(&mut out) {
+                Ok(n) => sent += n as u64,
+                Err(_) => {
+                    tracing::info!(sent, "capture: the client went away");
+                    return;
+                }
             }
             if req.count.is_some_and(|c| sent >= c) {
                 break "count reached";
@@ -393,8 +456,8 @@ impl Service {
                 tracing::info!(sent, "capture: the client went away");
                 return;
             }
-            if ctl.worker_gone() {
-                break "the worker stopped";
+            if ctls.iter().any(CaptureControl::worker_gone) {
+                break "a worker stopped";
             }
             if ::dataplane::sys::signal::stop_requested() {
                 break "the daemon is stopping";
@@ -406,7 +469,7 @@ impl Service {
                 Err(_) => break "stopped by the client",
             }
         };
-        let stats = ctl.stats();
+        let stats = stats_of(ctls);
         let tail = serde_json::json!({
             "frames": sent, "captured": stats.captured, "dropped": stats.dropped, "ended": ended,
         });
@@ -415,6 +478,15 @@ impl Service {
             .write_all(&0u32.to_le_bytes())
             .and_then(|()| writeln!(out, "{tail}"))
             .and_then(|()| out.flush());
+    }
+}
+
+/// Stops the capture on every worker (a worker that is gone has nothing to stop).
+fn stop_all(ctls: &mut [CaptureControl]) {
+    for (w, c) in ctls.iter_mut().enumerate() {
+        if let Err(e) = c.stop() {
+            tracing::warn!("capture, worker {w}: {e}");
+        }
     }
 }
 
@@ -460,6 +532,65 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_merges_every_workers_ring_in_time_order() {
+        use ::dataplane::worker::capture::channel;
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let (mut tap0, c0) = channel(2_000_000_000);
+        let (mut tap1, c1) = channel(2_000_000_000);
+        let mut ctls = vec![c0, c1];
+        for c in &mut ctls {
+            c.start(CaptureFilter::Mac(mac), 128).unwrap();
+        }
+        tap0.refresh();
+        tap1.refresh();
+        let frame = |tag: u8| {
+            let mut f = vec![tag; 60];
+            f[0..6].copy_from_slice(&mac.0);
+            f
+        };
+        let mut taps = [tap0, tap1];
+        let mut offer = |w: usize, tag: u8| {
+            let f = frame(tag);
+            taps[w].offer(Source::Nic, &Decision::Kernel, &f, f.len());
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // Worker 1 steers first, then worker 0, then worker 1 again.
+        offer(1, 1);
+        offer(0, 2);
+        offer(1, 3);
+        let peers: Vec<String> = Vec::new();
+        let read = |d: &Drain| {
+            let mut out = Vec::new();
+            d.write_to(&mut out).unwrap();
+            let mut items = Vec::new();
+            let mut at = 0;
+            while let Some((StreamItem::Frame { note, data, .. }, used)) =
+                next_item(&out[at..]).unwrap()
+            {
+                items.push((note.to_string(), data[59]));
+                at += used;
+            }
+            items
+        };
+        let mut d = Drain::default();
+        d.fill(&mut ctls, 10, &peers);
+        let want = |w: usize, tag: u8| (format!("in=nic out=kernel worker={w}"), tag);
+        assert_eq!(read(&d), [want(1, 1), want(0, 2), want(1, 3)]);
+        assert_eq!(stats_of(&ctls).captured, 3);
+        // A limit keeps the earliest frames of the drain.
+        offer(0, 4);
+        offer(1, 5);
+        offer(0, 6);
+        d.fill(&mut ctls, 2, &peers);
+        assert_eq!(read(&d), [want(0, 4), want(1, 5)]);
+        // One worker alone: notes without the worker, as before there were several.
+        let mut one = vec![ctls.remove(0)];
+        offer(0, 7);
+        d.fill(&mut one, 10, &peers);
+        assert_eq!(read(&d), [("in=nic out=kernel".to_string(), 7)]);
+    }
+
+    #[test]
     fn records_round_trip_and_garbage_is_an_error() {
         let data: Vec<u8> = (0..100).collect();
         let f = CapturedFrame {
@@ -474,8 +605,12 @@ mod tests {
             data: &data,
         };
         let peers = vec!["b".to_string(), "c".to_string()];
-        let n = note(&f, &peers);
+        let n = note(&f, &peers, None);
         assert_eq!(n, "in=fabric:c out=flood:kernel,fabric:b");
+        assert_eq!(
+            note(&f, &peers, Some(1)),
+            "in=fabric:c out=flood:kernel,fabric:b worker=1"
+        );
         let mut buf = Vec::new();
         encode(&mut buf, &f, &n);
         buf.extend_from_slice(&0u32.to_le_bytes());
@@ -500,7 +635,7 @@ mod tests {
             decision: Decision::Drop(DropReason::NotForUs),
             ..f
         };
-        assert_eq!(note(&drop, &peers), "in=nic out=drop:not_for_us");
+        assert_eq!(note(&drop, &peers, None), "in=nic out=drop:not_for_us");
 
         assert!(
             next_item(&5u32.to_le_bytes()).is_err(),

@@ -14,7 +14,7 @@
 //! its own table reader; control publishes each snapshot to all of them.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dataplane::counters::CountersSnapshot;
 use dataplane::dpdk::{Eal, Mempool, Port, PortConfig};
@@ -34,16 +34,20 @@ use crate::config::{Config, FabricBackend, KernelBackend, Polling as CfgPolling}
 pub struct Dataplane {
     /// The NIC (control polls its link state; the worker owns its queue).
     pub nic: Port,
-    /// The kernel exception port (TAP or virtio-user); kept open for the worker's queue.
-    _kernel: Port,
+    /// The kernel exception port (TAP or virtio-user): the workers own its queues, control
+    /// its MAC filter.
+    pub kernel: Port,
     /// The packet pool.
     pub pool: Mempool,
-    /// The workers; worker 0 drives the fabric and runs captures.
+    /// The workers; worker 0 drives the fabric.
     pub workers: Vec<WorkerHandle>,
     /// Control's mutable copy of the steering table.
     pub table: MacTableBuilder,
     /// One per worker, in worker order.
     publishers: Vec<TablePublisher>,
+    /// Per worker: the newest table its ring had no room for, and since when one has been
+    /// waiting (see [`Dataplane::flush_tables`]).
+    pending: Vec<Option<(Box<MacTable>, Instant)>>,
     /// Which backend the kernel port uses.
     pub kernel_backend: KernelBackend,
     /// With `fabric.backend = "verbs"`: control's side of the fabric, until the daemon
@@ -116,6 +120,9 @@ fn nic_devargs(cfg: &Config, workers: usize) -> String {
     }
 }
 
+/// Descriptors of each virtio-user queue of the kernel port.
+const VIRTIO_QUEUE_SIZE: u16 = 1024;
+
 /// The devargs of the kernel exception port.
 fn kernel_devargs(cfg: &Config, backend: KernelBackend) -> String {
     let mac = cfg
@@ -126,7 +133,7 @@ fn kernel_devargs(cfg: &Config, backend: KernelBackend) -> String {
         .unwrap_or_default();
     match backend {
         KernelBackend::VirtioUser => format!(
-            "virtio_user0,path=/dev/vhost-net,iface={},mac={mac},queue_size=1024,queues={}",
+            "virtio_user0,path=/dev/vhost-net,iface={},mac={mac},queue_size={VIRTIO_QUEUE_SIZE},queues={}",
             cfg.kernel.name,
             worker_count(cfg)
         ),
@@ -159,7 +166,19 @@ impl Dataplane {
         let mut k_cfg = PortConfig::new(pool.clone());
         k_cfg.mtu = Some(cfg.kernel.mtu);
         (k_cfg.rx_queues, k_cfg.tx_queues) = (queues, queues);
+        if kernel_backend == KernelBackend::VirtioUser {
+            // virtio frees sent mbufs lazily, once the ring is nearly full: up to a ring's
+            // worth (1,000 per queue) would sit out of the pool, and the pool's in-use count
+            // (metrics, leak checks) would swing by that much. Free them on every burst.
+            k_cfg.tx_free_thresh = Some(VIRTIO_QUEUE_SIZE - 4);
+        }
         let kernel = Port::open(&kernel_devargs(cfg, kernel_backend), &k_cfg)?;
+        if kernel_backend == KernelBackend::VirtioUser {
+            // The tap that virtio-user creates over vhost-kernel stays down, where the TAP
+            // PMD brings its interface up: the kernel would send nothing on it.
+            let ifindex = dataplane::sys::netlink::if_index(&cfg.kernel.name)?;
+            dataplane::sys::netlink::Netlink::open()?.set_up(ifindex)?;
+        }
         if let Some(ns) = ns {
             ns.leave()?;
         }
@@ -220,10 +239,11 @@ impl Dataplane {
         }
         Ok(Dataplane {
             nic,
-            _kernel: kernel,
+            kernel,
             pool,
             workers,
             table,
+            pending: publishers.iter().map(|_| None).collect(),
             publishers,
             kernel_backend,
             #[cfg(feature = "verbs")]
@@ -233,10 +253,42 @@ impl Dataplane {
     }
 
     /// Publishes the current table to every worker and frees the tables they gave back.
+    /// Never waits: a worker whose ring is full (it is descheduled, or stuck) gets the
+    /// table from [`Dataplane::flush_tables`] once it has caught up. Only the newest table
+    /// matters to it, so a later publish replaces the one waiting. (This used to wait up to
+    /// 50 ms for the worker, and a control thread stalled that long missed its peers'
+    /// heartbeats; seen in the lab when a session flapped under load.)
     pub fn publish(&mut self) {
         let snapshot = self.table.build();
-        for (i, publisher) in self.publishers.iter_mut().enumerate() {
-            publish_to(i, publisher, Box::new((*snapshot).clone()));
+        for i in 0..self.publishers.len() {
+            let since = self.pending[i].take().map_or_else(Instant::now, |(_, t)| t);
+            self.offer(i, Box::new((*snapshot).clone()), since);
+        }
+    }
+
+    /// Retries the tables still waiting for their worker; call once per control loop pass.
+    pub fn flush_tables(&mut self) {
+        for i in 0..self.pending.len() {
+            if let Some((table, since)) = self.pending[i].take() {
+                self.offer(i, table, since);
+            }
+        }
+    }
+
+    fn offer(&mut self, i: usize, table: Box<MacTable>, since: Instant) {
+        let publisher = &mut self.publishers[i];
+        publisher.reclaim();
+        match publisher.publish(table) {
+            Ok(()) => {
+                let waited = since.elapsed();
+                if waited > STALLED_WORKER {
+                    tracing::warn!("worker {i} took a table update after {waited:?}");
+                }
+            }
+            Err(PublishError::Full { table, .. }) => self.pending[i] = Some((table, since)),
+            Err(PublishError::Disconnected { .. }) => {
+                tracing::error!("worker {i} is gone; the table update was not applied");
+            }
         }
     }
 
@@ -245,22 +297,18 @@ impl Dataplane {
         self.workers.iter().map(WorkerHandle::counters).collect()
     }
 
-    /// Every worker's counters summed.
-    pub fn counters(&self) -> CountersSnapshot {
-        CountersSnapshot::sum(&self.counters_per_worker())
-    }
-
     /// Whether every worker thread is still running.
     pub fn workers_running(&self) -> bool {
         self.workers.iter().all(WorkerHandle::is_running)
     }
 
-    /// Control's end of frame capture, which runs on worker 0 (the fabric's owner); `None`
-    /// once taken.
-    pub fn take_capture(&mut self) -> Option<dataplane::worker::capture::CaptureControl> {
+    /// Control's ends of frame capture, one per worker in worker order (each worker records
+    /// the frames it steers); empty once taken.
+    pub fn take_captures(&mut self) -> Vec<dataplane::worker::capture::CaptureControl> {
         self.workers
-            .first_mut()
-            .and_then(WorkerHandle::take_capture)
+            .iter_mut()
+            .filter_map(WorkerHandle::take_capture)
+            .collect()
     }
 
     /// Stops the workers and closes the ports.
@@ -274,27 +322,8 @@ impl Dataplane {
     }
 }
 
-/// Publishes `snapshot` to worker `i`, waiting briefly if its ring is full.
-fn publish_to(i: usize, publisher: &mut TablePublisher, mut snapshot: Box<MacTable>) {
-    publisher.reclaim();
-    // The worker takes a table every loop iteration, so the ring drains within
-    // microseconds; a full ring only happens if the worker is stuck.
-    for _ in 0..1000 {
-        match publisher.publish(snapshot) {
-            Ok(()) => return,
-            Err(PublishError::Full { table, .. }) => {
-                snapshot = table;
-                std::thread::sleep(Duration::from_micros(50));
-                publisher.reclaim();
-            }
-            Err(PublishError::Disconnected { .. }) => {
-                tracing::error!("worker {i} is gone; the table update was not applied");
-                return;
-            }
-        }
-    }
-    tracing::error!("worker {i} took no table for 50 ms; the update was not applied");
-}
+/// A worker that takes no table for this long is reported when it finally does.
+const STALLED_WORKER: Duration = Duration::from_millis(50);
 
 fn table_snapshot(b: &MacTableBuilder) -> Box<MacTable> {
     let mut b = b.clone();

@@ -18,13 +18,19 @@ use dataplane::sys::netlink::Netlink;
 
 /// How often the kernel interface's addresses are read again.
 const ADDRESS_REFRESH: Duration = Duration::from_millis(250);
+/// How long a raised carrier may wait for the kernel's operational state "up" before it is
+/// reported anyway (with a warning).
+const OPER_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the watcher reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// The NIC's carrier, on every change (and once at start).
     NicCarrier(bool),
-    /// A carrier change asked of the kernel interface was carried out.
+    /// A carrier change asked of the kernel interface was carried out: for `true`, the
+    /// kernel has also made the interface operationally up, so it can send (its deferred
+    /// link-watch work swaps the queue discipline in; before that, whatever it sends is
+    /// dropped).
     KernelCarrierSet(bool),
     /// The kernel interface's addresses, on every change (and once at start).
     Addresses(Vec<IpAddr>),
@@ -59,9 +65,12 @@ impl LinkWatcher {
         std::thread::Builder::new()
             .name("np-linkwatch".into())
             .spawn(move || {
+                super::raise_aux_thread();
                 let mut last = None;
                 let mut addrs: Option<Vec<IpAddr>> = None;
                 let mut next_addrs = Instant::now();
+                // A raised carrier waiting for the kernel's operational state: since when.
+                let mut raising: Option<Instant> = None;
                 loop {
                     if Instant::now() >= next_addrs {
                         next_addrs = Instant::now() + ADDRESS_REFRESH;
@@ -81,8 +90,13 @@ impl LinkWatcher {
                     loop {
                         match cmd_rx.try_recv() {
                             Ok(Command::SetKernelCarrier(on)) => {
+                                raising = None;
                                 let ev = match nl.set_carrier(kernel_if, on) {
-                                    Ok(()) => LinkEvent::KernelCarrierSet(on),
+                                    Ok(()) if on => {
+                                        raising = Some(Instant::now());
+                                        continue;
+                                    }
+                                    Ok(()) => LinkEvent::KernelCarrierSet(false),
                                     Err(e) => {
                                         tracing::error!("{e}");
                                         LinkEvent::Failed("setting the kernel interface's carrier")
@@ -94,6 +108,27 @@ impl LinkWatcher {
                             }
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => return,
+                        }
+                    }
+                    if let Some(since) = raising {
+                        let up = match nl.oper_up(kernel_if) {
+                            Ok(up) => up,
+                            Err(e) => {
+                                tracing::warn!("{e}");
+                                false
+                            }
+                        };
+                        let late = since.elapsed() >= OPER_UP_TIMEOUT;
+                        if late && !up {
+                            tracing::warn!(
+                                "the kernel interface is not operationally up {OPER_UP_TIMEOUT:?} after its carrier was raised; reporting the carrier anyway"
+                            );
+                        }
+                        if up || late {
+                            raising = None;
+                            if ev_tx.send(LinkEvent::KernelCarrierSet(true)).is_err() {
+                                return;
+                            }
                         }
                     }
                     if let Some(idx) = nic_if {

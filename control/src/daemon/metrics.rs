@@ -9,8 +9,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use ::dataplane::counters::{CountersSnapshot, DropReason};
@@ -36,6 +36,10 @@ pub struct Metrics {
     pub session_up: IntGaugeVec,
     /// Heartbeat round trips.
     pub rtt: HistogramVec,
+    /// The longest silence of each up session since start (the detection margin).
+    pub max_rx_gap: GaugeVec,
+    /// The latest the control loop ran after a timer was due, since start.
+    pub control_loop_max_lag: Gauge,
     /// Path changes away from the NIC.
     pub failovers: IntCounter,
     /// From the failure detected to the new proxy's ack.
@@ -146,6 +150,27 @@ impl Metrics {
                     )
                     .buckets(ms(&[0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0])),
                     &["peer"],
+                )
+                .expect("valid"),
+            ),
+            max_rx_gap: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "session_max_rx_gap_seconds",
+                        "Longest silence between two control messages of an up session since \
+                         start; a session is declared down when it exceeds \
+                         timers.heartbeat_ms x timers.multiplier",
+                    ),
+                    &["peer"],
+                )
+                .expect("valid"),
+            ),
+            control_loop_max_lag: reg(
+                r,
+                Gauge::new(
+                    "control_loop_max_lag_seconds",
+                    "Latest the control loop ran after one of its timers was due, since start",
                 )
                 .expect("valid"),
             ),
@@ -313,15 +338,18 @@ pub fn serve(addr: SocketAddr) -> Result<Receiver<ScrapeRequest>, super::DaemonE
     std::thread::Builder::new()
         .name("np-metrics".into())
         .spawn(move || {
+            super::raise_aux_thread();
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-                // Read until the end of the request line (a client may write its request
-                // in pieces), at most 2 KiB and within the read timeout.
+                // Read the whole request head, to its blank line (a client may write it in
+                // pieces), at most 2 KiB and within the read timeout: closing with part of
+                // it unread makes the kernel reset the connection, and the client loses the
+                // answer (seen with a client that sent its headers in a second write).
                 let mut req = [0u8; 2048];
                 let mut n = 0;
-                while n < req.len() && !req[..n].contains(&b'\n') {
+                while n < req.len() && !head_complete(&req[..n]) {
                     match conn.read(&mut req[n..]) {
                         Ok(0) | Err(_) => break,
                         Ok(k) => n += k,
@@ -353,3 +381,9 @@ pub fn serve(addr: SocketAddr) -> Result<Receiver<ScrapeRequest>, super::DaemonE
         })?;
     Ok(rx)
 }
+
+/// Whether `buf` holds a whole HTTP request head (up to its empty line).
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+

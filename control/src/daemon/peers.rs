@@ -60,6 +60,10 @@ pub struct Peer {
     pub last_request_id: u32,
     /// Sessions established since start (1 = never restarted).
     pub established_count: u64,
+    /// The longest silence between two authenticated messages of an up session since
+    /// start: how close the peer came to the detection time (the margin operators size
+    /// `timers.multiplier` by).
+    pub max_rx_gap: Duration,
 }
 
 /// What a received message means for the rest of the control plane.
@@ -124,6 +128,7 @@ impl Peers {
                 echo: None,
                 last_request_id: 0,
                 established_count: 0,
+                max_rx_gap: Duration::ZERO,
             })
             .collect();
         let heartbeat = cfg.timers.heartbeat();
@@ -146,6 +151,24 @@ impl Peers {
             buf: vec![0; MAX_CONTROL_LEN * 2],
             urandom: std::fs::File::open("/dev/urandom").ok(),
         })
+    }
+
+    /// Our MACs changed at run time: the Hellos of later handshakes carry the new set.
+    pub fn set_macs(&mut self, macs: Vec<MacAddr>) {
+        self.hello.macs = macs;
+    }
+
+    /// Our control loop ran `lag` late: extends every up session's silence allowance by that
+    /// much (never beyond `now`), so that a stall of this thread, or of the whole machine,
+    /// does not count against the peers. Messages that did arrive meanwhile are read (and
+    /// reset the silence) before sessions are judged anyway; this covers peers that could
+    /// not send either. A peer that died during the stall is found `lag` later.
+    pub fn forgive(&mut self, lag: Duration, now: Duration) {
+        for p in &mut self.peers {
+            if p.state == PeerState::Up {
+                p.last_rx = (p.last_rx + lag).min(now);
+            }
+        }
     }
 
     /// Our link flags, sent in Hellos, heartbeats and LinkState messages.
@@ -208,7 +231,7 @@ impl Peers {
             match self.peers[i].state {
                 PeerState::Up => {
                     if now.saturating_sub(self.peers[i].last_rx) > self.detection {
-                        tracing::warn!(peer = %self.peers[i].id, "session down: no heartbeat for {:?}", self.detection);
+                        tracing::warn!(peer = %self.peers[i].id, "session down: no heartbeat for {:?} (detection time {:?})", now.saturating_sub(self.peers[i].last_rx), self.detection);
                         self.down(i, now, events);
                         continue;
                     }
@@ -299,7 +322,11 @@ impl Peers {
                 tracing::debug!(%from, peer = %self.peers[i].id, "control message from an unexpected address");
                 continue;
             }
-            self.peers[i].last_rx = now;
+            let p = &mut self.peers[i];
+            if p.state == PeerState::Up {
+                p.max_rx_gap = p.max_rx_gap.max(now.saturating_sub(p.last_rx));
+            }
+            p.last_rx = now;
             match msg {
                 Message::Hello(h) => {
                     let crossed = self.peers[i].state == PeerState::Connecting;

@@ -47,7 +47,10 @@ pub fn serve(
     let owned: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
         .name("np-status".into())
-        .spawn(move || accept_loop(&listener, &tx, &owned, &capture))
+        .spawn(move || {
+            super::raise_aux_thread();
+            accept_loop(&listener, &tx, &owned, &capture)
+        })
         .map_err(|e| super::DaemonError::Io {
             action: "starting the status thread".into(),
             source: e,
@@ -97,3 +100,40 @@ fn accept_loop(
 }
 
 use std::io::Read as _;
+
+use ::dataplane::counters::{CountersSnapshot, DropReason};
+use ::dataplane::worker::PORT_NAMES;
+use serde_json::json;
+
+/// A counter snapshot's ports for the status JSON: one object per port, in port order.
+pub fn ports_json(c: &CountersSnapshot) -> serde_json::Value {
+    PORT_NAMES
+        .iter()
+        .zip(c.ports.iter())
+        .map(|(name, p)| {
+            json!({"port": name, "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
+                   "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes, "drops": p.drops})
+        })
+        .collect()
+}
+
+/// A counter snapshot's drops for the status JSON: reason → count, the reasons seen only.
+pub fn drops_json(c: &CountersSnapshot) -> serde_json::Value {
+    DropReason::ALL
+        .iter()
+        .filter(|r| c.drops_for(**r) > 0)
+        .map(|r| (r.name().to_string(), json!(c.drops_for(*r))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Each worker's counters for the status JSON, in worker order: its ports and its drops by
+/// reason, as the summed `ports` and `drops`. Shows how the NIC spreads flows over the
+/// workers' queues, and which worker drops what.
+pub fn workers_json(workers: &[CountersSnapshot]) -> serde_json::Value {
+    workers
+        .iter()
+        .enumerate()
+        .map(|(w, c)| json!({"worker": w, "ports": ports_json(c), "drops": drops_json(c)}))
+        .collect()
+}

@@ -143,7 +143,7 @@ impl UpstreamProbe {
         };
         // Pad to the Ethernet minimum (the rest of `frame` is zero).
         let len = (h + n).max(60);
-        if self.sock.send(&frame[..len]).is_ok() {
+        if self.sock.send_nowait(&frame[..len]).is_ok() {
             self.sent += 1;
         }
     }

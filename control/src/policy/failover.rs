@@ -19,6 +19,8 @@
 //!    stable; `never` not at all. The hold-down keeps a flapping link from pulling traffic
 //!    back and forth: each flap restarts it, while each failure still fails over at once.
 //! 3. Carrier is on exactly when there is a current path.
+//! 4. With no usable path at all, a NIC whose link is up is taken even though its upstream
+//!    probe has not answered: the probe needs the carrier to send at all.
 //!
 //! On a move to a proxy the machine emits `RequestProxy` and switches the uplink in the same
 //! breath, without waiting for the ack. The standby sessions are established in advance,
@@ -245,9 +247,20 @@ impl Failover {
         self.now = now;
         let mut out = Vec::new();
         self.run_timers(now, &mut out);
+        let unproven_nic = self.target == Target::Nic && !self.nic_usable();
         self.apply(event);
         self.refresh_since(now);
         self.reselect(now, &mut out);
+        if unproven_nic
+            && self.target == Target::Nic
+            && self.nic_usable()
+            && !out.contains(&Action::Announce)
+        {
+            // The NIC taken as the last resort (rule 4) has just been proven by its probe:
+            // the switch forwards on it now, while the burst sent when it was taken may have
+            // been dropped by a switch port still coming up (seconds, on a Linux bridge).
+            out.push(Action::Announce);
+        }
         out
     }
 
@@ -314,6 +327,29 @@ impl Failover {
                 installed: p.installed,
             })
             .collect()
+    }
+
+    /// Asks the proxy in use again, because what a request carries (the node's MAC set)
+    /// changed: the proxy replaces what it holds for us and its source-MAC check follows.
+    /// The request is retransmitted and judged like a first one (no ack after the retries,
+    /// or a refusal, makes the proxy unusable). No action when no proxy is in use: the next
+    /// request carries the new set anyway.
+    pub fn resync(&mut self, now: Duration) -> Vec<Action> {
+        let now = now.max(self.now);
+        self.now = now;
+        let Target::Proxy(i) = self.target else {
+            return Vec::new();
+        };
+        let ack_timeout = self.params.ack_timeout;
+        let p = &mut self.proxies[i];
+        if !p.installed || !p.session_up {
+            return Vec::new();
+        }
+        p.ack = AckWait::Waiting {
+            deadline: now + ack_timeout,
+            retries: 0,
+        };
+        vec![Action::RequestProxy(p.id.clone())]
     }
 
     /// The parameters the machine was built with.
@@ -448,10 +484,18 @@ impl Failover {
         if self.nic_usable() {
             return Target::Nic;
         }
-        self.proxies
-            .iter()
-            .position(ProxyState::usable)
-            .map_or(Target::None, Target::Proxy)
+        if let Some(i) = self.proxies.iter().position(ProxyState::usable) {
+            return Target::Proxy(i);
+        }
+        // The last resort: a NIC whose link is up but whose upstream probe has not answered
+        // (yet). The probe speaks through the kernel interface, which sends nothing without
+        // carrier, so with no path at all it could never prove the NIC again: a node whose
+        // proxies are all gone would stay cut off after its cable came back. Any proxy that
+        // becomes usable still takes precedence (rule 1: the NIC is not usable).
+        if self.params.has_nic && self.nic_up {
+            return Target::Nic;
+        }
+        Target::None
     }
 
     /// Where to go while the current path still works.

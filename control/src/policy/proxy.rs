@@ -143,6 +143,21 @@ impl ProxyServer {
         &self.clients
     }
 
+    /// The client whose MACs include `mac`, if any.
+    pub fn client_of(&self, mac: &MacAddr) -> Option<&str> {
+        self.clients
+            .iter()
+            .find(|(_, e)| e.macs.contains(mac))
+            .map(|(peer, _)| peer.as_str())
+    }
+
+    /// This node's own MACs changed at run time: requests claiming any of them are refused
+    /// from now on. (The caller checks first that no client holds one of them: see
+    /// [`ProxyServer::client_of`].)
+    pub fn set_own_macs(&mut self, macs: Vec<MacAddr>) {
+        self.params.own_macs = macs;
+    }
+
     /// Feeds one event and returns the actions to carry out, in order.
     pub fn handle(&mut self, event: ProxyEvent<'_>) -> Vec<ProxyAction> {
         match event {
@@ -440,6 +455,49 @@ mod tests {
             [
                 install("b", &[mac(1), mac(7)], &[0]),
                 ack("b", 3, AckStatus::Ok)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_changes_its_macs_and_own_macs_change_at_run_time() {
+        let mut s = server(true);
+        s.handle(req("a", 1, &[mac(1)], &[0]));
+        // a adds a MAC: everything is installed again (the source check follows).
+        assert_eq!(
+            s.handle(req("a", 2, &[mac(1), mac(2)], &[0])),
+            [
+                install("a", &[mac(1), mac(2)], &[0]),
+                announce("a", &[mac(1), mac(2)]),
+                ack("a", 2, AckStatus::Ok)
+            ]
+        );
+        assert_eq!(s.client_of(&mac(2)), Some("a"));
+        // a removes it: the MAC is removed before the rest is installed again.
+        assert_eq!(
+            s.handle(req("a", 3, &[mac(1)], &[0])),
+            [
+                remove("a", &[mac(2)]),
+                install("a", &[mac(1)], &[0]),
+                announce("a", &[mac(1)]),
+                ack("a", 3, AckStatus::Ok)
+            ]
+        );
+        assert_eq!(s.client_of(&mac(2)), None);
+        // Our own set grows by mac(3): no client may claim it any more.
+        s.set_own_macs(vec![mac(100), mac(3)]);
+        assert_eq!(
+            s.handle(req("b", 1, &[mac(3)], &[0])),
+            [ack("b", 1, AckStatus::Conflict)]
+        );
+        // And mac(100), which we gave up, may be claimed.
+        s.set_own_macs(vec![mac(3)]);
+        assert_eq!(
+            s.handle(req("b", 2, &[mac(100)], &[0])),
+            [
+                install("b", &[mac(100)], &[0]),
+                announce("b", &[mac(100)]),
+                ack("b", 2, AckStatus::Ok)
             ]
         );
     }

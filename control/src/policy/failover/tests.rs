@@ -353,6 +353,55 @@ fn a_late_ack_stops_the_retries() {
 }
 
 #[test]
+fn resync_asks_the_proxy_in_use_again_with_retries() {
+    let mut m = started(Failback::Always, &["b", "c"]);
+    // On the NIC: nothing to tell anyone.
+    assert_eq!(m.resync(ms(5)), vec![]);
+    run(
+        &mut m,
+        vec![
+            (10, link(false), vec![req("b"), via("b"), ann()]),
+            (11, ack("b", true), vec![]),
+        ],
+    );
+    assert_eq!(m.next_deadline(), None);
+    // The MAC set changed: b is asked again and the ack is awaited like a first one.
+    assert_eq!(m.resync(ms(20)), vec![req("b")]);
+    assert_eq!(m.next_deadline(), Some(ms(20 + ACK)));
+    run(
+        &mut m,
+        vec![
+            (20 + ACK, TICK, vec![req("b")]),
+            (21 + ACK, ack("b", true), vec![]),
+        ],
+    );
+    assert_eq!(m.next_deadline(), None);
+    // A refusal of the new set (say, a MAC another client holds) moves us on.
+    assert_eq!(m.resync(ms(200)), vec![req("b")]);
+    run(
+        &mut m,
+        vec![(
+            201,
+            ack("b", false),
+            vec![req("c"), via("c"), ann(), rel("b")],
+        )],
+    );
+    // No path at all: nothing to resync.
+    run(
+        &mut m,
+        vec![
+            (202, ack("c", true), vec![]),
+            (
+                210,
+                plink("c", false),
+                vec![none(), carrier(false), rel("c")],
+            ),
+        ],
+    );
+    assert_eq!(m.resync(ms(220)), vec![]);
+}
+
+#[test]
 fn upstream_probe_failure_counts_as_nic_failure() {
     let mut m = started(Failback::Always, &["b"]);
     run(
@@ -362,6 +411,54 @@ fn upstream_probe_failure_counts_as_nic_failure() {
             (10, ack("b", true), vec![]),
             (20, Event::Upstream(true), vec![]),
             (20 + HOLD, TICK, vec![nic(), ann()]),
+        ],
+    );
+    assert!(m.nic_usable());
+}
+
+#[test]
+fn with_no_path_left_a_nic_whose_link_returns_is_taken_before_its_probe_answers() {
+    let mut m = started(Failback::Always, &["b"]);
+    run(
+        &mut m,
+        vec![
+            (10, link(false), vec![req("b"), via("b"), ann()]),
+            // As the daemon reports it: after a link loss only a new answer proves the NIC.
+            (10, Event::Upstream(false), vec![]),
+            (10, ack("b", true), vec![]),
+            (20, sess("b", false), vec![none(), carrier(false)]),
+            // The link returns; the probe has not answered since the link loss, and cannot
+            // without carrier: the NIC is taken anyway.
+            (30, link(true), vec![nic(), carrier(true), ann()]),
+        ],
+    );
+    assert!(!m.nic_usable());
+    assert_eq!(m.uplink(), Uplink::Nic);
+    // A proxy that becomes usable is preferred to an unproven NIC...
+    run(
+        &mut m,
+        vec![
+            (40, sess("b", true), vec![]),
+            (40, plink("b", true), vec![req("b"), via("b"), ann()]),
+            (40, ack("b", true), vec![]),
+            // ...until the probe answers and the NIC has been stable for the hold-down.
+            (50, Event::Upstream(true), vec![]),
+            (50 + HOLD, TICK, vec![nic(), ann()]),
+            (50 + HOLD + RELEASE, TICK, vec![rel("b")]),
+        ],
+    );
+    // Link down again with no proxy: no path, no carrier.
+    run(
+        &mut m,
+        vec![
+            (3000, sess("b", false), vec![]),
+            (3010, link(false), vec![none(), carrier(false)]),
+            (3010, Event::Upstream(false), vec![]),
+            // Back on the NIC as the last resort; the probe's first answer proves the
+            // switch forwards: announced again, as the first burst may have been lost.
+            (3020, link(true), vec![nic(), carrier(true), ann()]),
+            (3900, Event::Upstream(true), vec![ann()]),
+            (3950, Event::Upstream(true), vec![]),
         ],
     );
     assert!(m.nic_usable());
@@ -775,14 +872,18 @@ fn random_run(
 
         // Invariants.
         let any_usable = model.nic_usable() || (0..3).any(|j| model.usable(j));
+        let last_resort = !any_usable && model.has_nic && model.nic_up;
         assert_eq!(
             m.carrier(),
-            any_usable,
-            "{ctx}: carrier iff some path is usable"
+            any_usable || last_resort,
+            "{ctx}: carrier iff some path is usable, or the NIC's link is up"
         );
         assert_eq!(m.carrier(), uplink != Uplink::None, "{ctx}");
         match &uplink {
-            Uplink::Nic => assert!(model.nic_usable(), "{ctx}: uplink on an unusable NIC"),
+            Uplink::Nic => assert!(
+                model.nic_usable() || last_resort,
+                "{ctx}: uplink on an unusable NIC while something else is usable"
+            ),
             Uplink::Session(p) => {
                 assert!(model.usable(pos(p)), "{ctx}: uplink on a dead proxy");
             }
