@@ -23,6 +23,10 @@ pub struct Policy {
     /// Soft-RoCE works) with their NIC and kernel interface in the node's namespace
     /// (`dataplane.netns`), each with its own metrics port.
     pub fabric: FabricArg,
+    /// `timers.heartbeat_ms` and `timers.multiplier` over UDP (the verbs fabric has its
+    /// own): [`HEARTBEAT_MS`] × [`MULTIPLIER`], or for the fault suite and the soak
+    /// [`FAULTS_HEARTBEAT_MS`] × [`FAULTS_MULTIPLIER`].
+    pub heartbeat: (u64, u64),
 }
 
 /// `timers.link_poll_ms`.
@@ -31,6 +35,15 @@ pub const LINK_POLL_MS: u64 = 2;
 pub const HEARTBEAT_MS: u64 = 10;
 /// `timers.multiplier`.
 pub const MULTIPLIER: u64 = 3;
+/// `timers.heartbeat_ms` in the fault suite and the soak, which run for minutes with
+/// traffic and faults on a shared 2-vCPU machine. With every blocking call gone from the
+/// control loop, one daemon's control thread was still seen not running for 84 and 112 ms
+/// (the rest of the machine ran on; the vCPU's scheduling, not the daemon), and with a
+/// 30 ms window (10 × 3) its peers declared it dead in the middle of a row now and then.
+/// 150 ms (25 × 6) leaves a sender 125 ms; the budgets follow.
+pub const FAULTS_HEARTBEAT_MS: u64 = 25;
+/// `timers.multiplier` in the fault suite and the soak.
+pub const FAULTS_MULTIPLIER: u64 = 6;
 /// `timers.heartbeat_ms` with the verbs fabric. The lab guest's CPU is emulated (TCG)
 /// on host threads shared with everything else, and on a loaded host it stalls for
 /// hundreds of milliseconds: healthy sessions were declared dead after 100 ms (20 × 5)
@@ -40,8 +53,12 @@ pub const MULTIPLIER: u64 = 3;
 pub const VERBS_HEARTBEAT_MS: u64 = 100;
 /// `timers.multiplier` with the verbs fabric.
 pub const VERBS_MULTIPLIER: u64 = 20;
-/// `upstream_probe.multiplier` (unanswered probes before the upstream counts as dead).
-pub const PROBE_MULTIPLIER: u64 = 5;
+/// `upstream_probe.multiplier` (unanswered probes before the upstream counts as dead): a
+/// 500 ms window. The answers come back through a normal-priority worker and the
+/// station's kernel, which a loaded 2-vCPU machine delays: with 250 ms, a healthy node
+/// now and then declared its NIC dead and failed over in the middle of a fault-suite row.
+/// Only failback uses the probe's answers in the lab, and it waits for the first one.
+pub const PROBE_MULTIPLIER: u64 = 10;
 /// `timers.connect_timeout_ms` with the verbs fabric (rdma_cm's address and route
 /// resolution and the connection under emulation).
 pub const VERBS_CONNECT_TIMEOUT_MS: u64 = 3000;
@@ -123,7 +140,7 @@ fn render(n: &Names, node: &NodeNames, policy: Policy, key: &Path, socket: &Path
     let (heartbeat, multiplier) = if verbs {
         (VERBS_HEARTBEAT_MS, VERBS_MULTIPLIER)
     } else {
-        (HEARTBEAT_MS, MULTIPLIER)
+        policy.heartbeat
     };
     // No upstream probe with the verbs fabric. In the guest its answers were late by
     // seconds whenever the emulated CPU fell behind (silence windows of 250 ms, 1 s and
@@ -213,6 +230,7 @@ mod tests {
             failback: FailbackArg::Better,
             hold_down_ms: 300,
             fabric: FabricArg::Udp,
+            heartbeat: (HEARTBEAT_MS, MULTIPLIER),
         };
         let dir = Path::new("/run/lab-test");
         let text = render(
@@ -249,6 +267,7 @@ mod tests {
                         failback: FailbackArg::Always,
                         hold_down_ms: 0,
                         fabric: FabricArg::Udp,
+                        heartbeat: (HEARTBEAT_MS, MULTIPLIER),
                     },
                     Path::new("/k"),
                     Path::new("/s.sock"),
@@ -271,6 +290,7 @@ mod tests {
                     failback: FailbackArg::Always,
                     hold_down_ms: 500,
                     fabric: FabricArg::Verbs,
+                    heartbeat: (HEARTBEAT_MS, MULTIPLIER),
                 },
                 Path::new("/k"),
                 Path::new("/s.sock"),

@@ -292,6 +292,12 @@ fn build(run: &Run<'_>, manifest: &mut Manifest, lab: &mut Lab) -> Result<Vec<St
             failback: run.args.failback,
             hold_down_ms: run.args.hold_down_ms,
             fabric: run.args.fabric,
+            heartbeat: match run.args.scenario {
+                Scenario::Faults | Scenario::Soak => {
+                    (nodeconf::FAULTS_HEARTBEAT_MS, nodeconf::FAULTS_MULTIPLIER)
+                }
+                _ => (nodeconf::HEARTBEAT_MS, nodeconf::MULTIPLIER),
+            },
         },
     )?;
     let proxies = configs[0].config.proxy_order();
