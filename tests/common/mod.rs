@@ -9,6 +9,7 @@
 
 pub mod dpdk;
 pub mod lab;
+pub mod pcapng;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
