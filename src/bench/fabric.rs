@@ -26,6 +26,7 @@ use super::model::{Better, Figure, Plot, Progress, Series, SuiteOutcome};
 use super::BenchOpts;
 
 pub mod guest;
+mod guest_stats;
 mod raw_mmsg;
 mod verbs_pair;
 
@@ -575,14 +576,44 @@ pub(crate) fn find_vm_sh() -> Result<PathBuf, String> {
     ))
 }
 
+/// The rxe counters that mean trouble (RNR NAKs, retransmissions, duplicates, sequence
+/// errors), summed over the rounds of one size, for the fabric or for ibv_rc_pingpong.
+fn rxe_errors(run: &Value, ibv: bool) -> String {
+    let mut sum = std::collections::BTreeMap::<String, u64>::new();
+    for round in run["per_round"].as_array().into_iter().flatten() {
+        let k = if ibv {
+            &round["ibv_rc_pingpong_guest_kernel"]
+        } else {
+            &round["fabric"]["guest_kernel"]
+        };
+        for (name, v) in k["rxe_counters"].as_object().into_iter().flatten() {
+            let counter = name.rsplit('/').next().unwrap_or(name);
+            if !matches!(
+                counter,
+                "sent_pkts" | "rcvd_pkts" | "rdma_sends" | "rdma_recvs"
+            ) {
+                *sum.entry(counter.to_owned()).or_default() += v.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    if sum.is_empty() {
+        "none".into()
+    } else {
+        sum.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// `nicproxy bench --suite fabric-verbs`.
 pub fn run_verbs(opts: &BenchOpts, progress: &Progress) -> Result<SuiteOutcome, String> {
     let vm = find_vm_sh()?;
     let exe = std::env::current_exe().map_err(|e| format!("finding the nicproxy binary: {e}"))?;
-    let (iters, stream) = if opts.quick {
-        (2_000, 20_000)
+    let (iters, stream, rounds) = if opts.quick {
+        (2_000, 20_000, 2)
     } else {
-        (10_000, 100_000)
+        (10_000, 100_000, 10)
     };
     let sizes = ["64", "1500"];
     progress.say(format_args!(
@@ -601,6 +632,8 @@ pub fn run_verbs(opts: &BenchOpts, progress: &Progress) -> Result<SuiteOutcome, 
             &iters.to_string(),
             "--stream",
             &stream.to_string(),
+            "--rounds",
+            &rounds.to_string(),
         ])
         .args(sizes.iter().flat_map(|s| ["--size", s]))
         .stdin(Stdio::null())
@@ -653,7 +686,10 @@ pub fn run_verbs(opts: &BenchOpts, progress: &Progress) -> Result<SuiteOutcome, 
             .unwrap_or(f64::NAN);
         let rtt = &r["rtt_us"];
         let note = format!(
-            "{iters} round trips of {size} B frames (+4 B header) through dataplane::fabric::verbs, one in flight, busy-polling; ibv_rc_pingpong -s {size} -n {iters} on the same rxe devices in the same guest run"
+            "{iters} round trips of {size} B frames (+4 B header) through dataplane::fabric::verbs, one in flight, busy-polling; ibv_rc_pingpong -s {size} (busy-polling too), {iters} iterations in all, on the same rxe devices in the same guest run; the two take turns in {rounds} rounds of {} each, so both meet the same host load; rxe error counters during the fabric's rounds: {}, during ibv_rc_pingpong's: {}",
+            iters / rounds,
+            rxe_errors(r, false),
+            rxe_errors(r, true)
         );
         let ratio = us(rtt, "mean") / pp;
         fig.figures.push(

@@ -3,8 +3,7 @@
 //! drain timer, counters), against `dpdk-testpmd` on the same vdev pair in the same run.
 //!
 //! Setup. The worker's NIC and kernel ports are `net_null` vdevs, as are testpmd's two
-//! ports; each side has one forwarding core (CPU 1) and a main thread that sleeps (CPU 0).
-//! Both run without hugepages. `net_null` (default `copy=0`) gives each received mbuf a
+//! ports; each side has one forwarding core (CPU 1) and a main thread that sleeps (CPU 0). `net_null` (default `copy=0`) gives each received mbuf a
 //! length of 64 bytes and leaves its data as it was, so every mbuf of the NIC's pool is first
 //! stamped with a valid frame to the node's own MAC (steered NIC → kernel), and every mbuf
 //! of the kernel port's pool with a frame to a LAN MAC (steered kernel → NIC, the uplink).
@@ -20,6 +19,15 @@
 //! fabric as the daemon runs it, whose socket the loop polls (a system call) every
 //! `worker::FABRIC_POLL_INTERVAL` while the ports are busy.
 //!
+//! Where the gap to io-fwd lies: a floor loop on the worker's own ports, queues, bursts and
+//! CPU that moves each burst straight to the other port (io-fwd's work in this process),
+//! once as is and once reading each frame's MACs (the least a forwarder that looks at
+//! frames does). The worker against the second is the cost of steering itself.
+//!
+//! Memory: everything runs twice, on 4 kB pages (`--no-huge`, anywhere) and on 2 MB
+//! hugepages (`--in-memory`, the production setup; needs root to reserve them, else the
+//! report says why it was skipped), each in its own child process, both sides alike.
+//!
 //! Figures per 1-second window: the rate by the wall clock (the best window counts: the
 //! machine is shared, and the best is the window least disturbed by other tenants), and
 //! the rate per CPU-second of the forwarding thread (frames / the thread's time on a CPU in
@@ -34,11 +42,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataplane::counters::CountersSnapshot;
-use dataplane::dpdk::{Eal, Mbuf, Mempool, Port, PortConfig, PortStats, PKTMBUF_HEADROOM};
+use dataplane::dpdk::{Burst, Eal, Mbuf, Mempool, Port, PortConfig, PortStats, PKTMBUF_HEADROOM};
 use dataplane::fabric::udp::UdpFabric;
 use dataplane::steer::{table_channel, DomainId, DomainInfo, MacTableBuilder, SessionId, Uplink};
 use dataplane::wire::MacAddr;
@@ -62,6 +71,8 @@ const LAN_HOST: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0x0a, 0x01]);
 const FWD_CPU: usize = 1;
 /// The worker thread's name, by which its CPU time is found.
 const WORKER_NAME: &str = "np-fwd";
+/// The floor loop's thread name.
+const FLOOR_NAME: &str = "np-floor";
 const TARGET: f64 = 0.90;
 
 /// Rounds and 1-second windows per round: `quick` is one short round.
@@ -76,9 +87,99 @@ fn shape(opts: &BenchOpts) -> (u32, u32) {
 /// Runs the suite: in the child, measures; in the parent, starts the child and makes the
 /// figures from what it measured.
 pub fn run(opts: &BenchOpts, progress: &Progress) -> Result<SuiteOutcome, String> {
-    match super::child::measure_in_child("forwarding", CHILD_ENV, opts, progress, measure)? {
-        Some(raw) => outcome(&raw),
-        None => Ok(SuiteOutcome::default()),
+    let child = |key: &str, memory: Memory| {
+        super::child::measure_in_child("forwarding", key, opts, progress, |o, p| {
+            measure(o, p, memory)
+        })
+    };
+    if std::env::var_os(CHILD_HUGE_ENV).is_some() {
+        child(CHILD_HUGE_ENV, Memory::Huge)?;
+        return Ok(SuiteOutcome::default());
+    }
+    let Some(raw) = child(CHILD_ENV, Memory::Small)? else {
+        return Ok(SuiteOutcome::default());
+    };
+    // The same again on 2 MB pages, where hugepages can be reserved (root): the
+    // production setup. Without, the figures say so rather than fail the suite.
+    let huge = match HugepageReservation::new(HUGEPAGES) {
+        Ok(_reserved) => {
+            progress.say("again on 2 MB hugepages");
+            child(CHILD_HUGE_ENV, Memory::Huge)
+        }
+        Err(e) => Err(e),
+    };
+    outcome(&raw, huge)
+}
+
+/// The memory the EAL of both sides (the worker's and testpmd's) runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Memory {
+    /// 4 kB pages (`--no-huge`): runs anywhere, without root. In this VM every page is
+    /// also a guest page, so a TLB miss walks two page tables: a frame's memory costs
+    /// far more than on hugepages (testpmd io-fwd ran 2.5x faster per CPU-second on them).
+    Small,
+    /// 2 MB hugepages (`--in-memory`), as the daemon runs in production.
+    Huge,
+}
+
+impl Memory {
+    fn eal_args(self) -> &'static [&'static str] {
+        match self {
+            Memory::Small => &["--no-huge", "-m", "1024", "--no-shconf"],
+            Memory::Huge => &["--in-memory"],
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Memory::Small => "4 kB pages",
+            Memory::Huge => "2 MB hugepages",
+        }
+    }
+}
+
+/// Set in the child that measures on hugepages.
+const CHILD_HUGE_ENV: &str = "NICPROXY_BENCH_FORWARDING_HUGE_OUT";
+/// 2 MB pages reserved for the hugepage run: the worker's pools (about 80 MB), testpmd's
+/// (about 40 MB) and both EALs' own, with room to spare.
+const HUGEPAGES: u64 = 300;
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// Hugepages added to the system's reservation for the run, given back on drop (by
+/// subtracting them again, so that a reservation someone else made meanwhile stays).
+struct HugepageReservation(u64);
+
+impl HugepageReservation {
+    fn new(pages: u64) -> Result<Self, String> {
+        let read = || -> Result<u64, String> {
+            std::fs::read_to_string(NR_HUGEPAGES)
+                .map_err(|e| format!("reading {NR_HUGEPAGES}: {e}"))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("parsing {NR_HUGEPAGES}: {e}"))
+        };
+        let before = read()?;
+        std::fs::write(NR_HUGEPAGES, (before + pages).to_string()).map_err(|e| {
+            format!("reserving {pages} hugepages in {NR_HUGEPAGES} (needs root): {e}")
+        })?;
+        let reservation = HugepageReservation(pages);
+        let got = read()?.saturating_sub(before);
+        if got < pages {
+            return Err(format!(
+                "reserving {pages} hugepages: the kernel gave {got} (memory too fragmented?)"
+            ));
+        }
+        Ok(reservation)
+    }
+}
+
+impl Drop for HugepageReservation {
+    fn drop(&mut self) {
+        if let Ok(now) = std::fs::read_to_string(NR_HUGEPAGES) {
+            if let Ok(now) = now.trim().parse::<u64>() {
+                let _ = std::fs::write(NR_HUGEPAGES, now.saturating_sub(self.0).to_string());
+            }
+        }
     }
 }
 
@@ -194,21 +295,19 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(prefix: &str) -> Result<Rig, String> {
-        let eal = Eal::init(&[
-            "--no-pci",
-            "--no-huge",
-            "-m",
-            "1024",
-            "--no-shconf",
-            &format!("--file-prefix={prefix}"),
+    fn new(prefix: &str, memory: Memory) -> Result<Rig, String> {
+        let mut args = vec!["--no-pci"];
+        args.extend_from_slice(memory.eal_args());
+        let prefix = format!("--file-prefix={prefix}");
+        args.extend_from_slice(&[
+            &prefix,
             // The main thread (which sleeps) on CPU 0; the worker pins itself to FWD_CPU.
             "-l",
             "0",
             "--log-level=*:error",
             "--no-telemetry",
-        ])
-        .map_err(|e| e.to_string())?;
+        ]);
+        let eal = Eal::init(&args).map_err(|e| e.to_string())?;
         let pool = |name: &str, n: u32, cache: u32| {
             Mempool::new(&eal, name, n, cache, 2048 + PKTMBUF_HEADROOM).map_err(|e| e.to_string())
         };
@@ -319,6 +418,93 @@ impl Rig {
     }
 }
 
+/// The floor a forwarder built on nicproxy's wrappers stands on: the same ports, queues,
+/// [`Burst`]s and CPU as the worker, moving each received burst straight to the other
+/// port with no steering, counters or tx buffering (testpmd io-fwd's work, in this
+/// process). With `touch`, it also reads each frame's first 8 bytes (a destination MAC),
+/// the least any forwarder that looks at frames does. Not nicproxy's path: a measurement
+/// of what the worker's path costs on top of it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Floor {
+    Io,
+    ReadHeader,
+}
+
+impl Rig {
+    /// Runs the floor loop for `windows` 1-second windows.
+    fn run_floor(&self, floor: Floor, windows: u32) -> Result<Vec<Window>, String> {
+        let q = |p: &Port| p.queue(0).map_err(|e| e.to_string());
+        let (mut nic, mut kernel) = (q(&self.nic)?, q(&self.kernel)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (eal, flag) = (self.eal.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name(FLOOR_NAME.into())
+            .spawn(move || -> Result<u64, String> {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: FWD_CPU }) {
+                    return Err(format!("pinning the floor loop to CPU {FWD_CPU}"));
+                }
+                let _lcore = eal.register_thread().map_err(|e| e.to_string())?;
+                let mut rx: Burst = Burst::new();
+                let mut seen = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    for dir in 0..2 {
+                        let (from, to) = if dir == 0 {
+                            (&mut nic, &mut kernel)
+                        } else {
+                            (&mut kernel, &mut nic)
+                        };
+                        if from.rx_burst(&mut rx) == 0 {
+                            continue;
+                        }
+                        if floor == Floor::ReadHeader {
+                            for m in rx.iter() {
+                                if let Some(h) = m.data().first_chunk::<8>() {
+                                    seen ^= u64::from_ne_bytes(*h);
+                                }
+                            }
+                        }
+                        to.tx_burst(&mut rx);
+                        rx.free_all();
+                    }
+                }
+                Ok(std::hint::black_box(seen))
+            })
+            .map_err(|e| format!("starting the floor loop: {e}"))?;
+        let pid = std::process::id();
+        let total = || -> Result<u64, String> {
+            let (n, k) = (self.nic.stats(), self.kernel.stats());
+            Ok(n.map_err(|e| e.to_string())?.rx_packets + k.map_err(|e| e.to_string())?.rx_packets)
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let measured = (|| {
+            let tid = find_task(pid, FLOOR_NAME).ok_or("the floor thread is not in /proc")?;
+            let sample =
+                || -> Result<_, String> { Ok((Instant::now(), total()?, task_cpu_ns(pid, tid))) };
+            let mut last = sample()?;
+            let mut out = Vec::new();
+            for _ in 0..windows {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = sample()?;
+                out.push(Window {
+                    frames: now.1 - last.1,
+                    secs: now.0.duration_since(last.0).as_secs_f64(),
+                    cpu_secs: now
+                        .2
+                        .zip(last.2)
+                        .map_or(f64::NAN, |(a, b)| (a - b) as f64 / 1e9),
+                });
+                last = now;
+            }
+            Ok::<_, String>(out)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        thread
+            .join()
+            .map_err(|_| "the floor loop panicked".to_string())??;
+        measured
+    }
+}
+
 /// After a run: frames the worker sent out of each null port must equal what the other
 /// port received (no drop); returns (NIC → kernel, kernel → NIC).
 fn check_balance(
@@ -350,20 +536,14 @@ struct Period {
 }
 
 /// Runs testpmd (`mode` = io or mac) on two null vdevs for about `windows` stats periods.
-fn testpmd(mode: &str, windows: u32) -> Result<Vec<Window>, String> {
+fn testpmd(mode: &str, windows: u32, memory: Memory) -> Result<Vec<Window>, String> {
     let prefix = format!("npfwd-tp-{}", std::process::id());
     // Line-buffered: its stats must arrive as they are printed, not when a pipe buffer fills.
     let mut child = Command::new("stdbuf")
         .args(["-oL", "dpdk-testpmd"])
-        .args([
-            "-l",
-            &format!("0,{FWD_CPU}"),
-            "--no-pci",
-            "--no-huge",
-            "-m",
-            "1024",
-        ])
-        .args(["--no-shconf", &format!("--file-prefix={prefix}")])
+        .args(["-l", &format!("0,{FWD_CPU}"), "--no-pci"])
+        .args(memory.eal_args())
+        .arg(format!("--file-prefix={prefix}"))
         .args([
             &format!("--vdev=net_null0,size={FRAME_LEN}"),
             &format!("--vdev=net_null1,size={FRAME_LEN}"),
@@ -491,7 +671,7 @@ impl Drop for RuntimeDirs {
 }
 
 /// The child's half: every measurement, as raw JSON.
-fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
+fn measure(opts: &BenchOpts, progress: &Progress, memory: Memory) -> Result<Value, String> {
     let pid = std::process::id();
     let _dirs = RuntimeDirs(
         [format!("npfwd-{pid}"), format!("npfwd-tp-{pid}")]
@@ -505,12 +685,14 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
     }
     let (rounds, windows) = shape(opts);
     let load_before = crate::loadavg::all_three();
-    let rig = Rig::new(&format!("npfwd-{pid}"))?;
-    let mut series: [(&str, Vec<Window>); 4] = [
+    let rig = Rig::new(&format!("npfwd-{pid}"), memory)?;
+    let mut series: [(&str, Vec<Window>); 6] = [
         ("worker", Vec::new()),
         ("worker_idle_udp", Vec::new()),
         ("testpmd_io", Vec::new()),
         ("testpmd_mac", Vec::new()),
+        ("floor_io", Vec::new()),
+        ("floor_read_header", Vec::new()),
     ];
     let (mut n2k, mut k2n) = (0u64, 0u64);
     for round in 0..rounds {
@@ -519,15 +701,20 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
         series[0].1.extend(w);
         n2k += c.0;
         k2n += c.1;
-        series[2].1.extend(testpmd("io", windows)?);
+        series[2].1.extend(testpmd("io", windows, memory)?);
         let (w, c) = rig.run(Variant::IdleUdp, windows)?;
         series[1].1.extend(w);
         n2k += c.0;
         k2n += c.1;
-        series[3].1.extend(testpmd("mac", windows)?);
+        series[3].1.extend(testpmd("mac", windows, memory)?);
+        series[4].1.extend(rig.run_floor(Floor::Io, windows)?);
+        series[5]
+            .1
+            .extend(rig.run_floor(Floor::ReadHeader, windows)?);
         let best = |v: &[Window]| v.iter().map(Window::mpps).fold(0.0, f64::max);
         progress.say(format_args!(
-            "round {}/{rounds}: worker {:.2} Mpps, idle-UDP worker {:.2}, testpmd io {:.2}, mac {:.2} (best windows; load {})",
+            "{}, round {}/{rounds}: worker {:.2} Mpps, idle-UDP worker {:.2}, testpmd io {:.2}, mac {:.2} (best windows; load {})",
+            memory.label(),
             round + 1,
             best(&series[0].1),
             best(&series[1].1),
@@ -545,6 +732,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
     }
     raw.insert("frame_len".into(), json!(FRAME_LEN));
     raw.insert("vdevs".into(), json!("net_null x2"));
+    raw.insert("memory".into(), json!(memory.label()));
     raw.insert("rounds".into(), json!(rounds));
     raw.insert("windows_per_round".into(), json!(windows));
     raw.insert(
@@ -589,8 +777,32 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The parent's half: figures from the raw results.
-fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
+/// The parent's half: figures from the raw results, on 4 kB pages and, when measured, on
+/// hugepages (or why not).
+fn outcome(small: &Value, huge: Result<Option<Value>, String>) -> Result<SuiteOutcome, String> {
+    let mut out = memory_outcome(small)?;
+    let mut raw = serde_json::Map::new();
+    raw.insert("pages_4k".into(), small.clone());
+    match huge {
+        Ok(Some(h)) => {
+            let more = memory_outcome(&h)?;
+            out.figures.extend(more.figures);
+            out.plots.extend(more.plots);
+            out.notes.extend(more.notes);
+            raw.insert("hugepages_2m".into(), h);
+        }
+        Ok(None) => {}
+        Err(e) => out
+            .notes
+            .push(format!("not measured on 2 MB hugepages: {e}")),
+    }
+    out.raw = Value::Object(raw);
+    Ok(out)
+}
+
+/// The figures of one memory setup.
+fn memory_outcome(raw: &Value) -> Result<SuiteOutcome, String> {
+    let pages = raw["memory"].as_str().unwrap_or("4 kB pages");
     let io = series(raw, "testpmd_io", false);
     let mac = series(raw, "testpmd_mac", false);
     let io_cpu = series(raw, "testpmd_io", true);
@@ -617,7 +829,7 @@ fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
         let (w, t) = (best(&wall), best(&io));
         figures.push(
             Figure::new(
-                format!("forwarding, 1 worker, {what}, net_null×2, 64 B (best window)"),
+                format!("forwarding, 1 worker, {what}, net_null×2, 64 B, {pages} (best window)"),
                 w,
                 "Mpps",
                 Better::Higher,
@@ -633,7 +845,7 @@ fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
         let (w, t) = (median(&cpu), median(&io_cpu));
         figures.push(
             Figure::new(
-                format!("forwarding, 1 worker, {what}, per CPU-second of the forwarding thread (median)"),
+                format!("forwarding, 1 worker, {what}, {pages}, per CPU-second of the forwarding thread (median)"),
                 w,
                 "Mpps/CPU-s",
                 Better::Higher,
@@ -648,7 +860,7 @@ fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
     let w = best(&series(raw, "worker", false));
     figures.push(
         Figure::new(
-            "forwarding, 1 worker, no fabric, against a forwarder that reads headers (best window)",
+            format!("forwarding, 1 worker, no fabric, {pages}, against a forwarder that reads headers (best window)"),
             w,
             "Mpps",
             Better::Higher,
@@ -658,12 +870,56 @@ fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
             "mac-fwd rewrites each frame's MACs (touches the header as steering must; io-fwd never reads a frame); {load}"
         )),
     );
+    // Where the gap to io-fwd is: the same loop without steering in this process, with
+    // and without reading each frame's header (figures without a target: evidence).
+    let io_cpu_median = median(&io_cpu);
+    for (key, what) in [
+        ("floor_io", "rx→tx, no steering"),
+        (
+            "floor_read_header",
+            "rx→tx reading each frame's MACs, no steering",
+        ),
+    ] {
+        let cpu = series(raw, key, true);
+        if cpu.is_empty() {
+            continue;
+        }
+        figures.push(
+            Figure::new(
+                format!("forwarding floor on nicproxy's wrappers, {what}, {pages}, per CPU-second (median)"),
+                median(&cpu),
+                "Mpps/CPU-s",
+                Better::Higher,
+            )
+            .baseline("dpdk-testpmd io-fwd, per CPU-second", io_cpu_median)
+            .note(format!(
+                "the worker's ports, queues, bursts and CPU, with none of its work: what any forwarder on them pays; {shape}; {load}"
+            )),
+        );
+    }
+    let floor_read = median(&series(raw, "floor_read_header", true));
+    if floor_read > 0.0 {
+        figures.push(
+            Figure::new(
+                format!("forwarding, 1 worker, no fabric, {pages}, against the floor that reads headers, per CPU-second (median)"),
+                median(&series(raw, "worker", true)),
+                "Mpps/CPU-s",
+                Better::Higher,
+            )
+            .baseline("floor loop reading each frame's MACs, per CPU-second", floor_read)
+            .note(format!(
+                "the ratio is the cost of steering, counters and tx buffering alone; {shape}; {load}"
+            )),
+        );
+    }
     let mut plot_series = Vec::new();
     for (key, label) in [
         ("worker", "worker, no fabric"),
         ("worker_idle_udp", "worker, idle UDP fabric"),
         ("testpmd_io", "testpmd io-fwd"),
         ("testpmd_mac", "testpmd mac-fwd"),
+        ("floor_io", "floor loop, no steering"),
+        ("floor_read_header", "floor loop reading headers"),
     ] {
         let v = series(raw, key, false);
         plot_series.push(Series {
@@ -678,8 +934,11 @@ fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
     Ok(SuiteOutcome {
         figures,
         plots: vec![Plot {
-            name: "forwarding-windows".into(),
-            title: "Forwarding rate per 1-s window, net_null×2, 64 B, one core".into(),
+            name: format!(
+                "forwarding-windows-{}",
+                if pages.starts_with('2') { "huge" } else { "4k" }
+            ),
+            title: format!("Forwarding rate per 1-s window, net_null×2, 64 B, one core, {pages}"),
             x_label: "window".into(),
             y_label: "Mpps".into(),
             series: plot_series,
@@ -687,7 +946,7 @@ fn outcome(raw: &Value) -> Result<SuiteOutcome, String> {
         }],
         notes: vec![
             format!(
-                "frames checked: {} NIC→kernel, {} kernel→NIC, none dropped",
+                "{pages}: frames checked: {} NIC→kernel, {} kernel→NIC, none dropped",
                 raw["frames_checked"]["nic_to_kernel"], raw["frames_checked"]["kernel_to_nic"]
             ),
             format!(

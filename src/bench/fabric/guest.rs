@@ -5,9 +5,12 @@
 //! has an `error`).
 //!
 //! - `rtt`: round trips (one frame in flight, echoed by the other end as a worker forwards:
-//!   the received mbuf goes straight back out) and a windowed one-way stream, over the
-//!   project's verbs fabric between two endpoints of this process; then `ibv_rc_pingpong`
-//!   on the same devices with the same size and iteration count.
+//!   the received mbuf goes straight back out) over the project's verbs fabric between two
+//!   endpoints of this process, taking turns with `ibv_rc_pingpong` on the same devices
+//!   with the same size, in rounds that add up to the same iteration count (the guest's
+//!   CPUs are threads of a shared host, whose load changes from minute to minute); each
+//!   round records what rxe's counters, the softirqs and the two threads' scheduling did
+//!   (see [`super::guest_stats`]). Then a windowed one-way stream.
 //! - `exchange`: N frames of mixed sizes each way, every byte checked, none lost.
 //! - `failover`: the same exchange with a peer *process*; then the peer is SIGKILLed under
 //!   traffic and this side must see the session down through the fabric alone (the
@@ -28,6 +31,7 @@ use dataplane::fabric::verbs::VerbsEvent;
 use dataplane::verbs::{ConnStatus, Listener, VerbsError};
 use serde_json::{json, Value};
 
+use super::guest_stats::{Snapshot, ThreadSched};
 use super::verbs_pair::{build, check, pattern, Endpoint, Flow};
 use super::{percentiles_json, rtt_histogram, Sizes};
 
@@ -58,6 +62,10 @@ enum Mode {
         /// Frames streamed one way per size.
         #[arg(long, default_value_t = 100_000)]
         stream: u64,
+        /// Turns the fabric and ibv_rc_pingpong take, each with its share of the round
+        /// trips, alternating (so both meet the same host load).
+        #[arg(long, default_value_t = 5)]
+        rounds: u64,
     },
     /// A checked exchange of mixed-size frames each way between two endpoints.
     Exchange {
@@ -95,7 +103,8 @@ pub fn main(args: GuestArgs) -> ExitCode {
             sizes,
             iters,
             stream,
-        } => rtt(&sizes, iters, stream),
+            rounds,
+        } => rtt(&sizes, iters, stream, rounds),
         Mode::Exchange {
             frames,
             window,
@@ -178,7 +187,14 @@ fn connect_pair(lab: &Lab, a: &mut Endpoint, b: &mut Endpoint) -> Result<(), Str
 
 // --------------------------------------------------------------------------------- rtt
 
-fn rtt(sizes: &[usize], iters: u64, stream: u64) -> Result<Value, String> {
+/// One size's round trips, pooled over its rounds.
+struct RttTally {
+    h: hdrhistogram::Histogram<u64>,
+    /// The slowest round trips: (ms since the round started, round, µs).
+    slow: Vec<(f64, usize, u64)>,
+}
+
+fn rtt(sizes: &[usize], iters: u64, stream: u64, rounds: u64) -> Result<Value, String> {
     let lab = lab()?;
     if let Some(bad) = sizes
         .iter()
@@ -190,130 +206,73 @@ fn rtt(sizes: &[usize], iters: u64, stream: u64) -> Result<Value, String> {
             Sizes::MAX
         ));
     }
+    let rounds = rounds.clamp(1, iters.max(1));
     let eal = eal()?;
     let _main = eal.register_thread().map_err(|e| e.to_string())?;
     let mut a = Endpoint::new(&eal, lab.ip_a, "bg_a", MBUFS)?;
     let mut b = Endpoint::new(&eal, lab.ip_b, "bg_b", MBUFS)?;
     connect_pair(&lab, &mut a, &mut b)?;
-    let window = 128;
-    let barrier = Barrier::new(2);
-    let stop = AtomicBool::new(false);
-    let abort = AtomicBool::new(false);
+    let devices = [lab.rxe_a.as_str(), lab.rxe_b.as_str()];
     let mut runs = Vec::new();
     for &size in sizes {
-        let sz = Sizes::Fixed(size);
-        let (b_res, a_res) = std::thread::scope(|s| {
-            // A: echo every frame straight back (the mbuf itself, as a worker forwards),
-            // then take the stream.
-            let ha = s.spawn(|| -> Result<u64, String> {
-                let _reg = eal.register_thread().ok();
-                barrier.wait();
-                while !stop.load(Ordering::Acquire) {
-                    a.poll();
-                    let mut any = false;
-                    while let Some((_, m)) = a.next_frame() {
-                        a.send(m);
-                        any = true;
-                    }
-                    if any {
-                        a.flush();
-                    }
-                }
-                barrier.wait();
-                let mut flow = Flow::new(sz, 0, window, TAG_A, TAG_B);
-                let deadline = Instant::now() + Duration::from_secs(600);
-                while !flow.done(stream) {
-                    if abort.load(Ordering::Acquire) || Instant::now() > deadline {
-                        return Err(format!(
-                            "the stream stopped at {} of {stream} frames",
-                            flow.received
-                        ));
-                    }
-                    flow.step(&mut a)?;
-                }
-                if a.tally.total() > 0 {
-                    return Err(format!("A dropped frames: {:?}", a.drops()));
-                }
-                Ok(flow.received)
-            });
-            let res = (|| -> Result<Value, String> {
-                let pat = pattern();
-                let mut h = rtt_histogram();
-                barrier.wait();
-                let warmup = (iters / 10).min(500);
-                for i in 0..iters + warmup {
-                    let m = build(&b.pool, i, 0, size, TAG_B, &pat).ok_or("B's pool is empty")?;
-                    let t = Instant::now();
-                    b.send(m);
-                    b.flush();
-                    loop {
-                        b.poll();
-                        if let Some((_, m)) = b.next_frame() {
-                            let (seq, _) = check(m.data(), sz, TAG_B, &pat)?;
-                            if seq != i {
-                                return Err(format!("echo {seq} arrived where {i} was due"));
-                            }
-                            break;
-                        }
-                        if t.elapsed() > Duration::from_secs(10) {
-                            return Err(format!(
-                                "no echo of ping {i} within 10 s; drops {:?}",
-                                b.drops()
-                            ));
-                        }
-                    }
-                    if i >= warmup {
-                        h.saturating_record(t.elapsed().as_nanos() as u64);
-                    }
-                }
-                let curve: Vec<Value> =
-                    [1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0]
-                        .iter()
-                        .map(|&p| json!([p, h.value_at_percentile(p) as f64 / 1e3]))
-                        .collect();
-                Ok(json!({ "rtt_us": percentiles_json(&h), "rtt_curve": curve }))
-            })();
-            stop.store(true, Ordering::Release);
-            if res.is_err() {
-                abort.store(true, Ordering::Release);
-            }
-            barrier.wait();
-            let stream_res = res.and_then(|mut v| {
-                let mut flow = Flow::new(sz, stream, window, TAG_B, TAG_A);
-                let took = flow.run(&mut b, 0, Instant::now() + Duration::from_secs(600))?;
-                v["stream_fps"] = json!(stream as f64 / took.as_secs_f64());
-                v["stream_frames"] = json!(stream);
-                v["stream_window"] = json!(window);
-                v["stream_mbit_s"] = json!(flow.bytes_out as f64 * 8.0 / took.as_secs_f64() / 1e6);
-                Ok(v)
-            });
-            (
-                stream_res,
-                ha.join().map_err(|_| "thread A panicked".to_string()),
-            )
-        });
-        let mut v = b_res?;
-        let got = a_res??;
-        if got != stream {
-            return Err(format!("A received {got} of {stream} streamed frames"));
+        // The fabric and ibv_rc_pingpong take turns, a share of the round trips each per
+        // round: the guest's CPUs are threads of a shared host whose load changes by the
+        // minute, and two phases run one after the other would each see a different load.
+        let mut tally = RttTally {
+            h: rtt_histogram(),
+            slow: Vec::new(),
+        };
+        let (mut pp_iters, mut pp_us) = (0u64, 0.0f64);
+        let mut per_round = Vec::new();
+        for r in 0..rounds as usize {
+            let n = iters / rounds + u64::from((r as u64) < iters % rounds);
+            // The first round warms the fabric up (pool caches, QP state) unmeasured;
+            // ibv_rc_pingpong's own timing likewise starts after its connection set-up.
+            let warmup = if r == 0 { (iters / 10).min(500) } else { 0 };
+            let ours = ping_round(&eal, &lab, &mut a, &mut b, size, n, warmup, r, &mut tally)?;
+            let before = Snapshot::take(&devices);
+            let pp_start = uptime_s();
+            let pp = ibv_rc_pingpong(&lab, size, n)?;
+            let pp_kernel = Snapshot::take(&devices).since(&before);
+            pp_iters += n;
+            pp_us += pp * n as f64;
+            per_round.push(json!({
+                "round_trips": n,
+                "fabric_mean_us": ours["mean_us"],
+                "ibv_rc_pingpong_usec_per_iter": pp,
+                "fabric": ours,
+                "ibv_rc_pingpong_guest_kernel": pp_kernel,
+                "ibv_rc_pingpong_uptime_s": [pp_start, uptime_s()],
+            }));
         }
-        stop.store(false, Ordering::Release);
-        v["size"] = json!(size);
+        let pp_mean = pp_us / pp_iters.max(1) as f64;
+        let h = &tally.h;
+        let curve: Vec<Value> = [1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0]
+            .iter()
+            .map(|&p| json!([p, h.value_at_percentile(p) as f64 / 1e3]))
+            .collect();
+        let mut v = json!({
+            "size": size,
+            "rounds": rounds,
+            "rtt_us": percentiles_json(h),
+            "rtt_curve": curve,
+            "over_1ms": h.count_between(1_000_000, u64::MAX),
+            "slow_ms_round_us": tally.slow,
+            "ibv_rc_pingpong_usec_per_iter": pp_mean,
+            "per_round": per_round,
+        });
+        let (fps, mbit) = stream_run(&eal, &mut a, &mut b, size, stream)?;
+        v["stream_fps"] = json!(fps);
+        v["stream_frames"] = json!(stream);
+        v["stream_window"] = json!(STREAM_WINDOW);
+        v["stream_mbit_s"] = json!(mbit);
         eprintln!(
-            "bench-guest: {size} B over the verbs fabric: {}",
+            "bench-guest: {size} B over the verbs fabric: {}; ibv_rc_pingpong -s {size}: {pp_mean:.2} usec/iter over {rounds} rounds",
             v["rtt_us"]
         );
         runs.push(v);
     }
     let counters = (a.counters(), b.counters());
-    drop(a);
-    drop(b);
-    for v in runs.iter_mut() {
-        let size = v["size"].as_u64().unwrap_or(64) as usize;
-        let pp = ibv_rc_pingpong(&lab, size, iters)?;
-        eprintln!("bench-guest: ibv_rc_pingpong -s {size} -n {iters}: {pp:.2} usec/iter");
-        v["ibv_rc_pingpong_usec_per_iter"] = json!(pp);
-    }
     Ok(json!({
         "mode": "rtt",
         "iters": iters,
@@ -321,7 +280,178 @@ fn rtt(sizes: &[usize], iters: u64, stream: u64) -> Result<Value, String> {
         "counters_a": format!("{:?}", counters.0),
         "counters_b": format!("{:?}", counters.1),
         "devices": [lab.rxe_a, lab.rxe_b],
+        "guest_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "guest_loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     }))
+}
+
+const STREAM_WINDOW: u64 = 128;
+
+/// The guest's uptime (seconds since boot, which QEMU's start precedes by little): lines
+/// up a round with what the host saw at that moment.
+fn uptime_s() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `warmup + n` round trips of `size` B frames, B pinging and A echoing each frame straight
+/// back (the received mbuf itself, as a worker forwards), one in flight; the last `n` go
+/// into `tally`. Returns the round's mean and what the guest's kernel and the two threads
+/// did meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn ping_round(
+    eal: &Eal,
+    lab: &Lab,
+    a: &mut Endpoint,
+    b: &mut Endpoint,
+    size: usize,
+    n: u64,
+    warmup: u64,
+    round: usize,
+    tally: &mut RttTally,
+) -> Result<Value, String> {
+    let sz = Sizes::Fixed(size);
+    let devices = [lab.rxe_a.as_str(), lab.rxe_b.as_str()];
+    let started = Barrier::new(2);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let echo = s.spawn(|| {
+            let _reg = eal.register_thread().ok();
+            started.wait();
+            let sched0 = ThreadSched::now();
+            while !stop.load(Ordering::Acquire) {
+                a.poll();
+                let mut any = false;
+                while let Some((_, m)) = a.next_frame() {
+                    a.send(m);
+                    any = true;
+                }
+                if any {
+                    a.flush();
+                }
+            }
+            (ThreadSched::now().since(&sched0), a.tally.total())
+        });
+        let res = (|| -> Result<Value, String> {
+            let pat = pattern();
+            let mut h = rtt_histogram();
+            started.wait();
+            let mut before = (Snapshot::take(&devices), ThreadSched::now(), Instant::now());
+            for i in 0..warmup + n {
+                if i == warmup {
+                    before = (Snapshot::take(&devices), ThreadSched::now(), Instant::now());
+                }
+                let m = build(&b.pool, i, 0, size, TAG_B, &pat).ok_or("B's pool is empty")?;
+                let t = Instant::now();
+                b.send(m);
+                b.flush();
+                loop {
+                    b.poll();
+                    if let Some((_, m)) = b.next_frame() {
+                        let (seq, _) = check(m.data(), sz, TAG_B, &pat)?;
+                        if seq != i {
+                            return Err(format!("echo {seq} arrived where {i} was due"));
+                        }
+                        break;
+                    }
+                    // Generous: the guest's CPUs are host threads, and the host's
+                    // SCHED_FIFO threads (lab daemons' control loops) have stopped the
+                    // whole guest for more than 10 s here.
+                    if t.elapsed() > Duration::from_secs(60) {
+                        return Err(format!(
+                            "no echo of ping {i} of round {round} within 60 s; drops {:?}",
+                            b.drops()
+                        ));
+                    }
+                }
+                if i >= warmup {
+                    let ns = t.elapsed().as_nanos() as u64;
+                    h.saturating_record(ns);
+                    if ns >= 1_000_000 && tally.slow.len() < 64 {
+                        let at = (t - before.2).as_secs_f64() * 1e3;
+                        tally.slow.push((at, round, ns / 1000));
+                    }
+                }
+            }
+            let took = before.2.elapsed();
+            let kernel = Snapshot::take(&devices).since(&before.0);
+            let ping = ThreadSched::now().since(&before.1);
+            tally
+                .h
+                .add(&h)
+                .map_err(|e| format!("pooling the round trips: {e}"))?;
+            Ok(json!({
+                "uptime_s": [uptime_s() - took.as_secs_f64(), uptime_s()],
+                "mean_us": h.mean() / 1e3,
+                "p50_us": h.value_at_quantile(0.5) as f64 / 1e3,
+                "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
+                "wall_s": took.as_secs_f64(),
+                "guest_kernel": kernel,
+                "ping_thread": ping,
+            }))
+        })();
+        stop.store(true, Ordering::Release);
+        let (echo_sched, echo_drops) = echo
+            .join()
+            .map_err(|_| "the echo thread panicked".to_string())?;
+        let mut v = res?;
+        if echo_drops > 0 {
+            return Err(format!("the echo side dropped {echo_drops} frames"));
+        }
+        v["echo_thread"] = echo_sched;
+        Ok(v)
+    })
+}
+
+/// `frames` frames of `size` B streamed B → A with [`STREAM_WINDOW`] in flight, every
+/// frame checked; (frames/s, Mbit/s).
+fn stream_run(
+    eal: &Eal,
+    a: &mut Endpoint,
+    b: &mut Endpoint,
+    size: usize,
+    frames: u64,
+) -> Result<(f64, f64), String> {
+    let sz = Sizes::Fixed(size);
+    let abort = AtomicBool::new(false);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    std::thread::scope(|s| {
+        let rx = s.spawn(|| -> Result<u64, String> {
+            let _reg = eal.register_thread().ok();
+            let mut flow = Flow::new(sz, 0, STREAM_WINDOW, TAG_A, TAG_B);
+            while !flow.done(frames) {
+                if abort.load(Ordering::Acquire) || Instant::now() > deadline {
+                    return Err(format!(
+                        "the stream stopped at {} of {frames} frames",
+                        flow.received
+                    ));
+                }
+                flow.step(a)?;
+            }
+            if a.tally.total() > 0 {
+                return Err(format!("A dropped frames: {:?}", a.drops()));
+            }
+            Ok(flow.received)
+        });
+        let mut flow = Flow::new(sz, frames, STREAM_WINDOW, TAG_B, TAG_A);
+        let res = flow.run(b, 0, deadline);
+        if res.is_err() {
+            abort.store(true, Ordering::Release);
+        }
+        let got = rx
+            .join()
+            .map_err(|_| "the receiving thread panicked".to_string())??;
+        let took = res?;
+        if got != frames {
+            return Err(format!("A received {got} of {frames} streamed frames"));
+        }
+        Ok((
+            frames as f64 / took.as_secs_f64(),
+            flow.bytes_out as f64 * 8.0 / took.as_secs_f64() / 1e6,
+        ))
+    })
 }
 
 /// The index of the RoCE v2 GID that holds `ip` on `dev` (rxe's is 1); 1 if not found.
@@ -359,7 +489,11 @@ impl Drop for ChildGuard {
 
 /// Runs ibv_rc_pingpong between rxe_a (server) and rxe_b; its usec/iter.
 fn ibv_rc_pingpong(lab: &Lab, size: usize, iters: u64) -> Result<f64, String> {
-    let port = 18_000 + (std::process::id() % 1000) as u16 + size as u16 % 97;
+    // A new port per run: a run's server may still hold the last one.
+    static RUNS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let port = 18_000
+        + (std::process::id() % 1000) as u16 * 16
+        + RUNS.fetch_add(1, Ordering::Relaxed) % 16;
     let (ga, gb) = (
         gid_index(&lab.rxe_a, lab.ip_a),
         gid_index(&lab.rxe_b, lab.ip_b),
@@ -393,8 +527,8 @@ fn ibv_rc_pingpong(lab: &Lab, size: usize, iters: u64) -> Result<f64, String> {
             .map_err(|e| format!("starting ibv_rc_pingpong (ibverbs-utils): {e}"))?,
     ));
     let mut text = String::new();
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(1000));
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(300));
         let client = Command::new("timeout")
             .arg("600")
             .arg("ibv_rc_pingpong")
