@@ -945,6 +945,27 @@ impl Runner<'_, '_> {
         Ok(())
     }
 
+    /// SIGKILLs every daemon in `ids`; returns when the last was killed.
+    fn kill_all(&mut self, ids: &[String]) -> Result<u64> {
+        let mut at = 0;
+        for id in ids {
+            at = self.ctx.daemons.kill(id)?;
+        }
+        self.ctx.mark(at, MarkKind::Kill, "kill all proxies".into());
+        Ok(at)
+    }
+
+    /// Starts every daemon in `ids` again and configures their kernel interfaces.
+    fn restart_all(&mut self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            self.start_daemon(id)?;
+        }
+        for id in ids {
+            self.configure(id)?;
+        }
+        Ok(())
+    }
+
     fn all_proxies_down(&mut self, rows: &mut Vec<Row>) -> Result<()> {
         let proxies = self.ctx.proxies.to_vec();
         let first = proxies[0].clone();
@@ -956,11 +977,7 @@ impl Runner<'_, '_> {
             ),
             1,
         );
-        let mut at = 0;
-        for id in &proxies {
-            at = self.ctx.daemons.kill(id)?;
-        }
-        self.ctx.mark(at, MarkKind::Kill, "kill all proxies".into());
+        let at = self.kill_all(&proxies)?;
         let lost_carrier = self.ctx.wait_for("no path", at, STEP, &|t: &Timeline| {
             t.carrier_at(false, at).is_some()
         })?;
@@ -977,12 +994,7 @@ impl Runner<'_, '_> {
         let none = self.wait_status("a", STEP, &|s| s_str(s, "uplink") == "none")?;
         p.check("state: a reports no path", none, "");
         self.ctx.observe("no path", at, SETTLE)?;
-        for id in &proxies {
-            self.start_daemon(id)?;
-        }
-        for id in &proxies {
-            self.configure(id)?;
-        }
+        self.restart_all(&proxies)?;
         // The budget starts when a has a session again.
         let ids: Vec<String> = proxies.clone();
         self.wait_status("a", START_TIMEOUT, &|s| {
@@ -1064,12 +1076,7 @@ impl Runner<'_, '_> {
             ),
             1,
         );
-        let mut killed = 0;
-        for id in &proxies {
-            killed = self.ctx.daemons.kill(id)?;
-        }
-        self.ctx
-            .mark(killed, MarkKind::Kill, "kill all proxies".into());
+        self.kill_all(&proxies)?;
         let alone = self.wait_status("a", STEP, &|s| {
             s.get("sessions")
                 .and_then(Value::as_array)
@@ -1110,12 +1117,7 @@ impl Runner<'_, '_> {
         let lost = self.lost_since(fwd);
         let outage = (fwd - cut) as f64 / 1000.0;
         // The proxies back for the rest of the suite: a stays on its NIC.
-        for id in &proxies {
-            self.start_daemon(id)?;
-        }
-        for id in &proxies {
-            self.configure(id)?;
-        }
+        self.restart_all(&proxies)?;
         self.ctx.observe("proxies back", now_us(), SETTLE)?;
         self.end_checks(
             &mut p,

@@ -386,4 +386,3 @@ pub fn serve(addr: SocketAddr) -> Result<Receiver<ScrapeRequest>, super::DaemonE
 fn head_complete(buf: &[u8]) -> bool {
     buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
 }
-
