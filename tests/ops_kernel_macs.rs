@@ -9,7 +9,9 @@
 //! container passes (added) or is dropped and counted (removed): on a's NIC as
 //! `not_for_us`, and at the proxy b as `spoofed` (the container's frames, since b forgot
 //! M) and `not_for_us` (the station's frames for M). Both ends keep permanent neighbour
-//! entries, so ARP plays no part in what passes. No timing is asserted.
+//! entries, so ARP plays no part in what passes. Last, with M added again, a's NIC comes
+//! back: the switch must move M to a's port with a's own MAC, from a's announcements
+//! alone (the container stays silent). No timing is asserted.
 
 mod common;
 mod ops_lab;
@@ -32,6 +34,37 @@ const SETTLE: Duration = Duration::from_secs(20);
 fn ip(args: &[&str]) {
     let o = output(Command::new("ip").args(args));
     assert!(o.status.success(), "ip {args:?}: {}", texts(&o).1);
+}
+
+/// The switch's FDB ports of a's MAC and of M, polled until `done` holds for them or
+/// [`SETTLE`] has passed; returns the last pair seen.
+fn wait_fdb(
+    lab: &KeptLab,
+    done: impl Fn(&Option<String>, &Option<String>) -> bool,
+) -> (Option<String>, Option<String>) {
+    let port = |mac: &str| {
+        let o = output(Command::new("bridge").args([
+            "-n",
+            &lab.switch_ns(),
+            "-j",
+            "fdb",
+            "show",
+            "br",
+            "br0",
+        ]));
+        let v: Value = serde_json::from_str(&texts(&o).0).unwrap_or(Value::Null);
+        v.as_array()?.iter().find_map(|e| {
+            (e["mac"].as_str()? == mac).then(|| e["ifname"].as_str().map(str::to_owned))?
+        })
+    };
+    let until = Instant::now() + SETTLE;
+    loop {
+        let seen = (port(A_MAC), port(M));
+        if done(&seen.0, &seen.1) || Instant::now() > until {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Pings `to` from namespace `ns`, requests 200 ms apart until `count` replies came back or
@@ -311,6 +344,31 @@ fn kernel_macs_change_live_on_the_nic_and_through_a_proxy() {
         after - before
     );
     assert_station_frames_dropped(&lab, "b", "removed, through b");
+
+    // Added again while failed over, then a's NIC comes back: the switch must move M back
+    // to a's port with a's own MAC, though the container stays silent (its neighbour
+    // entries are permanent): a's announcements after the failback probe from M too.
+    set_a_macs(&lab, &[A_MAC, M]);
+    let sb = lab.wait_status("b", SETTLE, |s| carried_for_a(s).len() == 2);
+    assert_eq!(carried_for_a(&sb).len(), 2, "{}", sb["clients"]);
+    let through_b = wait_fdb(&lab, |a, m| a.is_some() && a == m);
+    assert_eq!(through_b.0, through_b.1, "M and a's MAC on different ports");
+    lab.set_nic("a", true);
+    let st = lab.wait_status("a", SETTLE, |s| s["uplink"] == "nic");
+    assert_eq!(st["uplink"], "nic", "{st}\n{}", lab.log("a"));
+    let back = wait_fdb(&lab, |a, m| a.is_some() && *a != through_b.0 && m == a);
+    assert!(
+        back.0.is_some() && back.0 != through_b.0 && back.1 == back.0,
+        "after the failback the switch has a's MAC on {:?} and M on {:?} (both were on {:?})\n{}",
+        back.0,
+        back.1,
+        through_b.0,
+        lab.log("a")
+    );
+    eprintln!(
+        "failback: a's MAC and M moved together from {:?} to {:?}",
+        through_b.0, back.0
+    );
 
     // What a's kernel port did with its MAC filter, for the record.
     let log = std::fs::read_to_string(lab.run_dir.join("a.log")).unwrap_or_default();

@@ -5,7 +5,9 @@
 //!
 //! They are sent from the kernel interface itself (an AF_PACKET socket on it), so they take
 //! exactly the path the node's own traffic takes: through the worker to the NIC, or over the
-//! fabric to the active proxy and out of its NIC. The addresses come from the link watcher,
+//! fabric to the active proxy and out of its NIC. The interface's other MACs (a node may own
+//! several: containers, VMs) have no address we know, so each round also sends an ARP probe
+//! from each of them. The addresses come from the link watcher,
 //! which reads them from the kernel over netlink on its own thread (a netlink dump can wait
 //! seconds for the RTNL lock, which must never stall the control thread).
 
@@ -24,6 +26,9 @@ pub struct Announcer {
     pending: u32,
     next_at: Duration,
     addrs: Vec<IpAddr>,
+    /// The node's other MACs, each with the VLAN of a domain it is announced in: one ARP
+    /// probe from each per round of a burst.
+    extra: Vec<(MacAddr, Option<u16>)>,
     /// A burst of ARP probes from MACs whose addresses we do not know: (MAC, VLAN) pairs,
     /// rounds left, and when the next round is due.
     probes: Vec<(MacAddr, Option<u16>)>,
@@ -55,6 +60,7 @@ impl Announcer {
             pending: 0,
             next_at: Duration::ZERO,
             addrs: Vec::new(),
+            extra: Vec::new(),
             probes: Vec::new(),
             probes_pending: 0,
             probes_next_at: Duration::ZERO,
@@ -68,8 +74,11 @@ impl Announcer {
         self.addrs = addrs;
     }
 
-    /// Starts a new burst now (replacing one under way).
-    pub fn trigger(&mut self, now: Duration) {
+    /// Starts a new burst now (replacing one under way), which also probes from each of
+    /// `extra`: the node's other MACs, each with the VLAN to announce it in (`None`:
+    /// untagged).
+    pub fn trigger(&mut self, now: Duration, extra: Vec<(MacAddr, Option<u16>)>) {
+        self.extra = extra;
         self.pending = self.count;
         self.next_at = now;
         self.bursts += 1;
@@ -118,6 +127,11 @@ impl Announcer {
                 Err(e) => tracing::warn!("announce {ip}: {e}"),
             }
         }
+        let extra = std::mem::take(&mut self.extra);
+        for &(mac, vlan) in &extra {
+            self.probe_from(&[mac], vlan);
+        }
+        self.extra = extra;
     }
 
     /// Announces MACs whose IPs we do not know (a proxy's clients, or our own MAC in a

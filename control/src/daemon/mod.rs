@@ -447,7 +447,7 @@ impl Daemon {
                         self.dp.publish();
                     }
                     if on && std::mem::take(&mut self.announce_pending) {
-                        self.announcer.trigger(now);
+                        self.announce_local(now);
                     }
                 }
                 linkwatch::LinkEvent::Addresses(a) => self.announcer.set_addresses(a),
@@ -795,7 +795,7 @@ impl Daemon {
                         // link watcher has raised it.
                         self.announce_pending = true;
                     } else {
-                        self.announcer.trigger(now);
+                        self.announce_local(now);
                     }
                 }
                 Action::SetCarrier(_) => {
@@ -817,6 +817,33 @@ impl Daemon {
     }
 
     /// The VLAN of a domain, `None` if untagged.
+    /// Announces the node's new path in its local domains: GARP/NA for the kernel
+    /// interface's addresses from its own MAC, and ARP probes from each of its other MACs
+    /// in each local domain (their addresses are not ours to know), so the switch moves
+    /// every one of them, on failback as on failover.
+    fn announce_local(&mut self, now: Duration) {
+        let mut vlans: Vec<Option<u16>> = self
+            .local_domains
+            .iter()
+            .map(|d| self.vlan_of(*d))
+            .collect();
+        vlans.sort_unstable();
+        vlans.dedup();
+        let extra = self
+            .cfg
+            .kernel
+            .macs
+            .iter()
+            .skip(1)
+            .flat_map(|m| {
+                vlans
+                    .iter()
+                    .map(move |&v| (::dataplane::wire::MacAddr(m.0), v))
+            })
+            .collect();
+        self.announcer.trigger(now, extra);
+    }
+
     fn vlan_of(&self, d: DomainId) -> Option<u16> {
         self.cfg
             .domains
