@@ -619,7 +619,7 @@ impl Daemon {
                 self.apply_proxy(now, pa);
             }
             Message::ProxyAck(a) => {
-                if a.id != self.peers.peers[i].last_request_id {
+                if !self.peers.peers[i].requests.answers(a.id) {
                     tracing::debug!(peer = %id, "stale ack {} ignored", a.id);
                     return;
                 }
@@ -695,19 +695,21 @@ impl Daemon {
             .collect();
         domains.sort_unstable();
         domains.dedup();
-        self.peers.peers[i].last_request_id += 1;
-        let id = self.peers.peers[i].last_request_id;
+        let macs = if domains.is_empty() {
+            Vec::new()
+        } else {
+            self.cfg.kernel.macs.clone()
+        };
+        let id = self.peers.peers[i]
+            .requests
+            .next(domains.clone(), macs.clone());
         if domains.is_empty() {
             tracing::info!(%peer, "releasing proxy");
             self.peers
                 .send(i, &Message::ProxyRelease(ProxyRelease { id }));
         } else {
             tracing::info!(%peer, ?domains, "requesting proxy");
-            let req = ProxyRequest {
-                id,
-                macs: self.cfg.kernel.macs.clone(),
-                domains,
-            };
+            let req = ProxyRequest { id, macs, domains };
             self.peers.send(i, &Message::ProxyRequest(req));
         }
     }
@@ -1061,8 +1063,7 @@ impl Daemon {
         // Let our proxies forget us rather than wait for the heartbeat timeout.
         for i in 0..self.peers.peers.len() {
             if self.peers.peers[i].state == PeerState::Up {
-                self.peers.peers[i].last_request_id += 1;
-                let id = self.peers.peers[i].last_request_id;
+                let id = self.peers.peers[i].requests.next(Vec::new(), Vec::new());
                 self.peers
                     .send(i, &Message::ProxyRelease(ProxyRelease { id }));
             }

@@ -56,14 +56,50 @@ pub struct Peer {
     hb_seq: u64,
     /// (seq, tx_ns, when received) of the peer's last heartbeat, echoed in ours.
     echo: Option<(u64, u64, Duration)>,
-    /// The last request or release id we sent; acks must match it.
-    pub last_request_id: u32,
+    /// The ids of our proxy requests and releases to it.
+    pub requests: RequestIds,
     /// Sessions established since start (1 = never restarted).
     pub established_count: u64,
     /// The longest silence between two authenticated messages of an up session since
     /// start: how close the peer came to the detection time (the margin operators size
     /// `timers.multiplier` by).
     pub max_rx_gap: Duration,
+}
+
+/// The ids of our proxy requests and releases to one peer. Every message gets a new id
+/// (the peer ignores one older than the newest it has seen, so a late release never undoes
+/// a newer request), but a retry of the same ask keeps the earlier tries' acks valid: a
+/// proxy slower than our retry timer still answers what we ask.
+#[derive(Debug, Default)]
+pub struct RequestIds {
+    last: u32,
+    /// What the messages since id `since` asked: (domains, MACs); no domains: a release.
+    ask: Option<(Vec<u16>, Vec<MacAddr>)>,
+    since: u32,
+}
+
+impl RequestIds {
+    /// The id for the next request (`domains` non-empty) or release (`domains` empty).
+    pub fn next(&mut self, domains: Vec<u16>, macs: Vec<MacAddr>) -> u32 {
+        self.last = self.last.wrapping_add(1);
+        let ask = Some((domains, macs));
+        if self.ask != ask {
+            self.ask = ask;
+            self.since = self.last;
+        }
+        self.last
+    }
+
+    /// Whether an ack with `id` answers what we ask the peer now.
+    pub fn answers(&self, id: u32) -> bool {
+        self.ask.is_some() && (self.since..=self.last).contains(&id)
+    }
+
+    /// A new session with the peer: it starts from nothing, and no ack from the old one
+    /// answers what we ask in the new one.
+    pub fn new_session(&mut self) {
+        self.ask = None;
+    }
 }
 
 /// What a received message means for the rest of the control plane.
@@ -126,7 +162,7 @@ impl Peers {
                 next_heartbeat: Duration::ZERO,
                 hb_seq: 0,
                 echo: None,
-                last_request_id: 0,
+                requests: RequestIds::default(),
                 established_count: 0,
                 max_rx_gap: Duration::ZERO,
             })
@@ -292,6 +328,7 @@ impl Peers {
         p.last_rx = now;
         p.next_heartbeat = now;
         p.established_count += 1;
+        p.requests.new_session();
         tracing::info!(peer = %p.id, "session up (link {})", if p.link.usable() { "usable" } else { "not usable" });
         events.push(PeerEvent::Up(i));
     }
@@ -403,5 +440,46 @@ impl Peers {
 impl From<ProtoError> for super::DaemonError {
     fn from(e: ProtoError) -> Self {
         super::DaemonError::Proto(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestIds;
+    use crate::config::MacAddr;
+
+    #[test]
+    fn an_ack_to_an_earlier_try_of_the_same_ask_counts_and_one_to_another_ask_does_not() {
+        let m = vec![MacAddr([2, 0, 0, 0, 0, 1])];
+        let mut ids = RequestIds::default();
+        assert!(!ids.answers(0), "nothing asked yet");
+        let first = ids.next(vec![0], m.clone());
+        let retry = ids.next(vec![0], m.clone());
+        assert!(retry > first);
+        assert!(ids.answers(first) && ids.answers(retry));
+        assert!(!ids.answers(retry + 1), "an id never sent");
+
+        // A different ask (another domain): acks to the old one are stale.
+        let other = ids.next(vec![0, 1], m.clone());
+        assert!(!ids.answers(first) && !ids.answers(retry) && ids.answers(other));
+        // Different MACs are a different ask too.
+        let macs = ids.next(vec![0, 1], vec![]);
+        assert!(!ids.answers(other) && ids.answers(macs));
+        // A release, then the same request again: only the newest counts.
+        let release = ids.next(vec![], vec![]);
+        assert!(ids.answers(release) && !ids.answers(macs));
+        let again = ids.next(vec![0], m.clone());
+        assert!(!ids.answers(release) && ids.answers(again) && !ids.answers(first));
+    }
+
+    #[test]
+    fn acks_from_before_a_new_session_do_not_answer_the_same_ask_in_it() {
+        let m = vec![MacAddr([2, 0, 0, 0, 0, 1])];
+        let mut ids = RequestIds::default();
+        let old = ids.next(vec![0], m.clone());
+        ids.new_session();
+        assert!(!ids.answers(old));
+        let new = ids.next(vec![0], m.clone());
+        assert!(!ids.answers(old) && ids.answers(new));
     }
 }
