@@ -392,22 +392,9 @@ impl Rig {
         let tid = find_task(pid, WORKER_NAME).ok_or("the worker thread is not in /proc")?;
         let total =
             |s: &CountersSnapshot| s.ports[PORT_NIC].rx_packets + s.ports[PORT_KERNEL].rx_packets;
-        let sample = || (Instant::now(), total(&w.counters()), task_cpu_ns(pid, tid));
-        let mut last = sample();
-        let mut out = Vec::new();
-        for _ in 0..windows {
-            std::thread::sleep(Duration::from_secs(1));
-            let now = sample();
-            out.push(Window {
-                frames: now.1 - last.1,
-                secs: now.0.duration_since(last.0).as_secs_f64(),
-                cpu_secs: now
-                    .2
-                    .zip(last.2)
-                    .map_or(f64::NAN, |(a, b)| (a - b) as f64 / 1e9),
-            });
-            last = now;
-        }
+        let out = sample_windows(windows, || {
+            Ok((Instant::now(), total(&w.counters()), task_cpu_ns(pid, tid)))
+        })?;
         w.stop().map_err(|e| e.to_string())?;
         // The loop drains its queues on the way out, so the counts now balance exactly.
         let checked = check_balance(
@@ -478,24 +465,9 @@ impl Rig {
         std::thread::sleep(Duration::from_millis(300));
         let measured = (|| {
             let tid = find_task(pid, FLOOR_NAME).ok_or("the floor thread is not in /proc")?;
-            let sample =
-                || -> Result<_, String> { Ok((Instant::now(), total()?, task_cpu_ns(pid, tid))) };
-            let mut last = sample()?;
-            let mut out = Vec::new();
-            for _ in 0..windows {
-                std::thread::sleep(Duration::from_secs(1));
-                let now = sample()?;
-                out.push(Window {
-                    frames: now.1 - last.1,
-                    secs: now.0.duration_since(last.0).as_secs_f64(),
-                    cpu_secs: now
-                        .2
-                        .zip(last.2)
-                        .map_or(f64::NAN, |(a, b)| (a - b) as f64 / 1e9),
-                });
-                last = now;
-            }
-            Ok::<_, String>(out)
+            sample_windows(windows, || {
+                Ok((Instant::now(), total()?, task_cpu_ns(pid, tid)))
+            })
         })();
         stop.store(true, Ordering::Relaxed);
         thread
@@ -503,6 +475,30 @@ impl Rig {
             .map_err(|_| "the floor loop panicked".to_string())??;
         measured
     }
+}
+
+/// Samples (when, frames so far, the thread's CPU ns so far) now and after each of
+/// `windows` 1-second windows; returns the windows.
+fn sample_windows(
+    windows: u32,
+    mut sample: impl FnMut() -> Result<(Instant, u64, Option<u64>), String>,
+) -> Result<Vec<Window>, String> {
+    let mut last = sample()?;
+    let mut out = Vec::new();
+    for _ in 0..windows {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = sample()?;
+        out.push(Window {
+            frames: now.1 - last.1,
+            secs: now.0.duration_since(last.0).as_secs_f64(),
+            cpu_secs: now
+                .2
+                .zip(last.2)
+                .map_or(f64::NAN, |(a, b)| (a - b) as f64 / 1e9),
+        });
+        last = now;
+    }
+    Ok(out)
 }
 
 /// After a run: frames the worker sent out of each null port must equal what the other
@@ -731,6 +727,7 @@ fn measure(opts: &BenchOpts, progress: &Progress, memory: Memory) -> Result<Valu
         );
     }
     raw.insert("frame_len".into(), json!(FRAME_LEN));
+    raw.insert("tsc_hz".into(), json!(rig.eal.tsc_hz()));
     raw.insert("vdevs".into(), json!("net_null x2"));
     raw.insert("memory".into(), json!(memory.label()));
     raw.insert("rounds".into(), json!(rounds));
@@ -911,6 +908,28 @@ fn memory_outcome(raw: &Value) -> Result<SuiteOutcome, String> {
                 "the ratio is the cost of steering, counters and tx buffering alone; {shape}; {load}"
             )),
         );
+    }
+    // What the target leaves for steering: at ≥ 0.90× io-fwd the worker may spend at most
+    // io-fwd's own time per frame / 9 on top of it (per CPU-second: load disturbs it least).
+    let worker_cpu = median(&series(raw, "worker", true));
+    if worker_cpu > 0.0 && io_cpu_median > 0.0 {
+        // In TSC cycles, the steering suite's unit.
+        let ghz = raw["tsc_hz"].as_f64().unwrap_or(0.0) / 1e9;
+        if ghz > 0.0 {
+            let (io_c, worker_c) = (1e3 * ghz / io_cpu_median, 1e3 * ghz / worker_cpu);
+            figures.push(
+                Figure::new(
+                    format!("forwarding, 1 worker, no fabric, {pages}: cycles per frame on top of io-fwd's, per CPU-second (median)"),
+                    worker_c - io_c,
+                    "cycles/frame",
+                    Better::Lower,
+                )
+                .baseline(format!("what ≥ {TARGET:.2}× io-fwd leaves: io-fwd's cycles per frame × (1/{TARGET:.2} − 1)"), io_c * (1.0 / TARGET - 1.0))
+                .note(format!(
+                    "io-fwd {io_c:.1} cycles/frame, the worker {worker_c:.1} (TSC {ghz:.2} GHz); compare the steering suite's cycles per frame for the decision alone; {shape}; {load}"
+                )),
+            );
+        }
     }
     let mut plot_series = Vec::new();
     for (key, label) in [

@@ -126,20 +126,28 @@ impl Netlink {
         msg[a..a + 2].copy_from_slice(&5u16.to_ne_bytes());
         msg[a + 2..a + 4].copy_from_slice(&IFLA_CARRIER.to_ne_bytes());
         msg[a + 4] = u8::from(on);
-        let action = || {
+        self.request(&msg, seq, || {
             format!(
                 "setting carrier {} on interface #{ifindex}",
                 if on { "on" } else { "off" }
             )
-        };
-        self.send(&msg).map_err(|source| NetlinkError {
-            action: action(),
-            source,
-        })?;
-        self.wait_ack(seq).map_err(|source| NetlinkError {
-            action: action(),
-            source,
         })
+    }
+
+    /// Sends request `msg` (sequence number `seq`, asking for an ack) and waits for its ack;
+    /// an error names `action`.
+    fn request(
+        &mut self,
+        msg: &[u8],
+        seq: u32,
+        action: impl Fn() -> String,
+    ) -> Result<(), NetlinkError> {
+        self.send(msg)
+            .and_then(|()| self.wait_ack(seq))
+            .map_err(|source| NetlinkError {
+                action: action(),
+                source,
+            })
     }
 
     /// Brings interface `ifindex` administratively up (IFF_UP), as `ip link set up` does.
@@ -154,15 +162,7 @@ impl Netlink {
         let up = libc::IFF_UP as u32;
         msg[h + 8..h + 12].copy_from_slice(&up.to_ne_bytes());
         msg[h + 12..h + 16].copy_from_slice(&up.to_ne_bytes());
-        let action = || format!("bringing interface #{ifindex} up");
-        self.send(&msg).map_err(|source| NetlinkError {
-            action: action(),
-            source,
-        })?;
-        self.wait_ack(seq).map_err(|source| NetlinkError {
-            action: action(),
-            source,
-        })
+        self.request(&msg, seq, || format!("bringing interface #{ifindex} up"))
     }
 
     /// Whether interface `ifindex` has carrier.
