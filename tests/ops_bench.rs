@@ -1,6 +1,8 @@
 //! The benchmark harness end to end: `nicproxy bench --suite failover,bonding --quick`
 //! runs the host lab (5 cuts) and the Linux bonding baseline in the lab guest (3 cuts at
-//! miimon 100, 3 at miimon 1), and writes bench.json, bench.md and the plots.
+//! miimon 100, 3 at miimon 1), and writes bench.json, bench.md and the plots;
+//! `--suite polling --quick` runs a busy and an adaptive worker over af_packet ports in a
+//! namespace and times frames through them.
 //!
 //! A smoke test of the harness, not of the figures: it checks that every expected figure
 //! is there, finite and of the right sign, that nicproxy's rows carry the bonding baseline
@@ -131,4 +133,63 @@ fn bench_failover_and_bonding_quick() {
     }
     let md = std::fs::read_to_string(out.path().join("bench.md")).expect("bench.md");
     assert!(md.contains("nicproxy: failover time") && md.contains("bonding miimon=100"));
+}
+
+#[test]
+fn bench_polling_quick() {
+    let out = TempPath::new("bench-polling");
+    let o = output(nicproxy().args([
+        "bench",
+        "--suite",
+        "polling",
+        "--quick",
+        "--out",
+        &out.path().display().to_string(),
+    ]));
+    let (stdout, stderr) = texts(&o);
+    assert!(
+        o.status.success(),
+        "nicproxy bench failed ({}):\n{stdout}\n{stderr}",
+        o.status
+    );
+    let text = std::fs::read_to_string(out.path().join("bench.json")).expect("bench.json");
+    let j: Value = serde_json::from_str(&text).expect("bench.json parses");
+    let suite = j["suites"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["suite"] == "polling"))
+        .unwrap_or_else(|| panic!("no polling suite in {j}"));
+    let figs = figures(suite, "polling");
+    for p in ["p50", "p99"] {
+        let f = figure(
+            figs,
+            &format!("latency through an idle adaptive worker, {p}"),
+        );
+        positive(f);
+        assert!(
+            f["baseline"]["value"]
+                .as_f64()
+                .is_some_and(|v| v.is_finite() && v > 0.0),
+            "no busy baseline: {f}"
+        );
+        let w = figure(
+            figs,
+            &format!("wake-up latency of an adaptive worker (adaptive − busy), {p}"),
+        );
+        assert!(w["value"].as_f64().is_some_and(f64::is_finite), "{w}");
+    }
+    // Every frame went through the worker, in both modes: the worker lost none.
+    let raw = &suite["raw"];
+    for mode in ["busy", "adaptive"] {
+        assert_eq!(
+            raw["lost"][mode], 0,
+            "frames lost with a {mode} worker: {raw}"
+        );
+        let sent = raw["rounds"].as_u64().unwrap_or(0)
+            * raw["frames_per_mode_and_round"].as_u64().unwrap_or(0);
+        assert!(sent > 0, "{raw}");
+        assert_eq!(raw[format!("{mode}_us")]["samples"], sent, "{raw}");
+    }
+    // The namespace is gone.
+    let ns = output(std::process::Command::new("ip").args(["netns", "list"]));
+    assert!(!texts(&ns).0.contains("npwk"), "namespace left behind");
 }

@@ -58,3 +58,27 @@ pub(crate) fn measure_in_child(
         .map(Some)
         .map_err(|e| format!("reading the child's results: {e}"))
 }
+
+/// Removes DPDK's runtime directories (`/var/run/dpdk/PREFIX`) of a measuring child's EALs
+/// on drop: EAL makes one even without shared config.
+pub(crate) struct RuntimeDirs(Vec<std::path::PathBuf>);
+
+impl RuntimeDirs {
+    /// For the EAL file prefixes `prefixes`.
+    pub(crate) fn of(prefixes: &[&str]) -> RuntimeDirs {
+        RuntimeDirs(
+            prefixes
+                .iter()
+                .map(|p| Path::new("/var/run/dpdk").join(p))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for RuntimeDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

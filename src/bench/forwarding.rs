@@ -40,7 +40,6 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -654,27 +653,11 @@ fn testpmd(mode: &str, windows: u32, memory: Memory) -> Result<Vec<Window>, Stri
     Ok(windows)
 }
 
-/// Removes DPDK's runtime directories of this run (EAL makes one even without shared
-/// config) on drop.
-struct RuntimeDirs(Vec<PathBuf>);
-
-impl Drop for RuntimeDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 /// The child's half: every measurement, as raw JSON.
 fn measure(opts: &BenchOpts, progress: &Progress, memory: Memory) -> Result<Value, String> {
     let pid = std::process::id();
-    let _dirs = RuntimeDirs(
-        [format!("npfwd-{pid}"), format!("npfwd-tp-{pid}")]
-            .iter()
-            .map(|p| Path::new("/var/run/dpdk").join(p))
-            .collect(),
-    );
+    let _dirs =
+        super::child::RuntimeDirs::of(&[&format!("npfwd-{pid}"), &format!("npfwd-tp-{pid}")]);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus <= FWD_CPU {
         return Err(format!("needs at least {} CPUs", FWD_CPU + 1));

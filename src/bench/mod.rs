@@ -21,6 +21,7 @@ pub(crate) mod fabric;
 mod failover;
 mod forwarding;
 pub mod model;
+mod polling;
 mod report;
 mod soak;
 mod steering;
@@ -35,6 +36,8 @@ pub enum Suite {
     Steering,
     /// Frames per second of one worker through the full loop, against testpmd io-fwd.
     Forwarding,
+    /// Wake-up latency of an adaptive worker, against a busy one.
+    Polling,
     /// UDP fabric frames/s and RTT percentiles, against a plain sendmmsg/recvmmsg loop.
     FabricUdp,
     /// Verbs fabric frames/s and RTT percentiles in the Soft-RoCE guest, against
@@ -53,6 +56,7 @@ impl Suite {
         match self {
             Suite::Steering => "steering",
             Suite::Forwarding => "forwarding",
+            Suite::Polling => "polling",
             Suite::FabricUdp => "fabric-udp",
             Suite::FabricVerbs => "fabric-verbs",
             Suite::Failover => "failover",
@@ -61,9 +65,10 @@ impl Suite {
         }
     }
 
-    const DEFAULT: [Suite; 6] = [
+    const DEFAULT: [Suite; 7] = [
         Suite::Steering,
         Suite::Forwarding,
+        Suite::Polling,
         Suite::FabricUdp,
         Suite::FabricVerbs,
         Suite::Failover,
@@ -150,6 +155,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         let result = match suite {
             Suite::Steering => steering::run(&opts, &progress),
             Suite::Forwarding => forwarding::run(&opts, &progress),
+            Suite::Polling => polling::run(&opts, &progress),
             Suite::FabricUdp => fabric::run_udp(&opts, &progress),
             Suite::FabricVerbs => fabric::run_verbs(&opts, &progress),
             Suite::Failover => failover::run(&opts, &progress),
