@@ -31,7 +31,10 @@
 # NICPROXY_IP_B=10.99.0.2, NICPROXY_NETDEV_A=va, NICPROXY_NETDEV_B=vb.
 #
 # Environment: NICPROXY_LAB_CACHE (default /var/cache/nicproxy-lab) holds the kernel and
-# the initramfs; NICPROXY_LAB_ACCEL=kvm|tcg overrides the accelerator choice. Runs are
+# the initramfs; NICPROXY_LAB_ACCEL=kvm|tcg overrides the accelerator choice;
+# NICPROXY_LAB_KDEBUG=1 boots the guest kernel with every console message shown (instead of
+# `quiet loglevel=3`), a backtrace of all CPUs on a soft lockup (reported after 10 s instead
+# of 20 s) and a 30 s hung-task report: for debugging a stuck guest from its console. Runs are
 # independent: each has its own temp directory and guest, and the cache is filled under a
 # lock, so concurrent runs are safe.
 set -uo pipefail
@@ -364,7 +367,11 @@ host_main() {
   : > "$RUN/stderr.log"
 
   hlog "kernel $KVER, accel=$accel, mem=$mem, smp=$smp, rdma=$rdma, timeout ${timeout_s}s${share:+, shared $share}"
-  local t0 t1 rc=0 share_args=() share_cmdline=
+  local t0 t1 rc=0 share_args=() share_cmdline= kparams="quiet loglevel=3"
+  if [ "${NICPROXY_LAB_KDEBUG:-0}" = 1 ]; then
+    kparams="ignore_loglevel watchdog_thresh=5 softlockup_all_cpu_backtrace=1 sysctl.kernel.hung_task_timeout_secs=30"
+    hlog "kernel debug: all console messages, all-CPU backtraces on a soft lockup"
+  fi
   if [ -n "$share" ]; then
     share_args=(-fsdev "local,id=share,path=$share,security_model=none,multidevs=remap"
       -device virtio-9p-pci,fsdev=share,mount_tag=nicproxyshare)
@@ -374,7 +381,7 @@ host_main() {
   timeout --kill-after=5 "$timeout_s" qemu-system-x86_64 "${acc[@]}" -m "$mem" -smp "$smp" \
     -nodefaults -no-reboot -display none -nic none -monitor none \
     -kernel "$KIMG" -initrd "$INITRD" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init nicproxy.stage=$SELF nicproxy.run=$RUN nicproxy.moddir=$KDIR/lib/modules/$KVER nicproxy.rdma=$rdma$share_cmdline" \
+    -append "console=ttyS0 $kparams panic=-1 rdinit=/init nicproxy.stage=$SELF nicproxy.run=$RUN nicproxy.moddir=$KDIR/lib/modules/$KVER nicproxy.rdma=$rdma$share_cmdline" \
     -chardev file,id=con,path="$RUN/console.log" -serial chardev:con \
     -chardev stdio,id=out,signal=off -serial chardev:out \
     -chardev file,id=err,path="$RUN/stderr.log" -serial chardev:err \
