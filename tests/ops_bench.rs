@@ -51,13 +51,13 @@ fn positive(f: &Value) -> f64 {
     v
 }
 
-#[test]
-fn bench_failover_and_bonding_quick() {
-    let out = TempPath::new("bench");
+/// Runs `nicproxy bench --suite SUITES --quick --out OUT`, checks it succeeded, and
+/// returns its bench.json.
+fn bench_quick(suites: &str, out: &TempPath) -> Value {
     let o = output(nicproxy().args([
         "bench",
         "--suite",
-        "failover,bonding",
+        suites,
         "--quick",
         "--out",
         &out.path().display().to_string(),
@@ -69,7 +69,13 @@ fn bench_failover_and_bonding_quick() {
         o.status
     );
     let text = std::fs::read_to_string(out.path().join("bench.json")).expect("bench.json");
-    let j: Value = serde_json::from_str(&text).expect("bench.json parses");
+    serde_json::from_str(&text).expect("bench.json parses")
+}
+
+#[test]
+fn bench_failover_and_bonding_quick() {
+    let out = TempPath::new("bench");
+    let j = bench_quick("failover,bonding", &out);
     let suites = j["suites"].as_array().expect("suites");
     let by_name = |n: &str| {
         suites
@@ -138,22 +144,7 @@ fn bench_failover_and_bonding_quick() {
 #[test]
 fn bench_polling_quick() {
     let out = TempPath::new("bench-polling");
-    let o = output(nicproxy().args([
-        "bench",
-        "--suite",
-        "polling",
-        "--quick",
-        "--out",
-        &out.path().display().to_string(),
-    ]));
-    let (stdout, stderr) = texts(&o);
-    assert!(
-        o.status.success(),
-        "nicproxy bench failed ({}):\n{stdout}\n{stderr}",
-        o.status
-    );
-    let text = std::fs::read_to_string(out.path().join("bench.json")).expect("bench.json");
-    let j: Value = serde_json::from_str(&text).expect("bench.json parses");
+    let j = bench_quick("polling", &out);
     let suite = j["suites"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["suite"] == "polling"))

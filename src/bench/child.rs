@@ -82,3 +82,26 @@ impl Drop for RuntimeDirs {
         }
     }
 }
+
+/// Starts the EAL of a measuring child on 4 kB pages (`--no-huge`, 256 MB, no shared
+/// config, errors only, no telemetry) with file prefix `prefix` and the `extra` arguments;
+/// its runtime directory is removed when the returned guard drops.
+pub(crate) fn small_eal(
+    prefix: &str,
+    extra: &[&str],
+) -> Result<(dataplane::dpdk::Eal, RuntimeDirs), String> {
+    let file_prefix = format!("--file-prefix={prefix}");
+    let mut args = vec![
+        "--no-pci",
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-shconf",
+        "--log-level=*:error",
+        "--no-telemetry",
+        &file_prefix,
+    ];
+    args.extend_from_slice(extra);
+    let eal = dataplane::dpdk::Eal::init(&args).map_err(|e| e.to_string())?;
+    Ok((eal, RuntimeDirs::of(&[prefix])))
+}

@@ -64,8 +64,9 @@ pub const CHILD_ENV: &str = "NICPROXY_BENCH_FORWARDING_OUT";
 
 const FRAME_LEN: usize = 64;
 const POOL_MBUFS: u32 = 16_383;
-const LOCAL: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0, 0x01]);
-const LAN_HOST: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0x0a, 0x01]);
+/// The node's own MAC (frames to it go NIC → kernel) and a LAN host's (kernel → NIC).
+pub(super) const LOCAL: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0, 0x01]);
+pub(super) const LAN_HOST: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0x0a, 0x01]);
 /// The CPU of the forwarding loop (the worker's, and testpmd's forwarding lcore).
 const FWD_CPU: usize = 1;
 /// The worker thread's name, by which its CPU time is found.
@@ -322,20 +323,7 @@ impl Rig {
         let kernel = Port::open(&format!("net_null1,{size}"), &PortConfig::new(kernel_pool))
             .map_err(|e| e.to_string())?;
         let fabric_pool = pool("fwd-fabric", 1023, 32)?;
-        let mut table = MacTableBuilder::new();
-        table
-            .set_domain(
-                DomainId(0),
-                DomainInfo {
-                    uplink: Uplink::Nic,
-                    kernel: true,
-                    sessions: Default::default(),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        table
-            .add_local(DomainId(0), LOCAL)
-            .map_err(|e| e.to_string())?;
+        let table = one_node_table()?;
         Ok(Rig {
             eal,
             nic,
@@ -474,6 +462,26 @@ impl Rig {
             .map_err(|_| "the floor loop panicked".to_string())??;
         measured
     }
+}
+
+/// The steering table of a node alone on its LAN: one domain, out of the NIC, with the
+/// kernel port and [`LOCAL`] as its own MAC.
+pub(super) fn one_node_table() -> Result<MacTableBuilder, String> {
+    let mut table = MacTableBuilder::new();
+    table
+        .set_domain(
+            DomainId(0),
+            DomainInfo {
+                uplink: Uplink::Nic,
+                kernel: true,
+                sessions: Default::default(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    table
+        .add_local(DomainId(0), LOCAL)
+        .map_err(|e| e.to_string())?;
+    Ok(table)
 }
 
 /// Samples (when, frames so far, the thread's CPU ns so far) now and after each of

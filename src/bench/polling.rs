@@ -16,11 +16,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dataplane::dpdk::{Eal, Mempool, Port, PortConfig, PKTMBUF_HEADROOM};
-use dataplane::steer::{table_channel, DomainId, DomainInfo, MacTableBuilder, Uplink};
+use dataplane::dpdk::{Mempool, Port, PortConfig, PKTMBUF_HEADROOM};
+use dataplane::steer::table_channel;
 use dataplane::sys::netns;
 use dataplane::sys::raw_socket::RawSocket;
-use dataplane::wire::MacAddr;
 use dataplane::worker::{self, FabricIo, Polling, WorkerSetup};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -31,8 +30,7 @@ use super::BenchOpts;
 /// Set in the child process: the file it writes its raw results to.
 pub const CHILD_ENV: &str = "NICPROXY_BENCH_POLLING_OUT";
 
-const LOCAL: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0, 0x01]);
-const LAN_HOST: MacAddr = MacAddr([0x02, 0x4e, 0x50, 0, 0x0a, 0x01]);
+use super::forwarding::{LAN_HOST, LOCAL};
 const FRAME_LEN: usize = 64;
 /// Between two frames: an adaptive worker backs off to its longest sleep well within it
 /// (about 100 µs of spinning, then sleeps doubling from 1 µs to 200 µs: under 1 ms).
@@ -123,22 +121,8 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: SENDER_CPU }) {
         return Err(format!("pinning the sender to CPU {SENDER_CPU}"));
     }
-    let prefix = format!("npwk-{}", std::process::id());
-    let _dirs = super::child::RuntimeDirs::of(&[&prefix]);
-    let prefix = format!("--file-prefix={prefix}");
-    let eal = Eal::init(&[
-        "--no-pci",
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-shconf",
-        &prefix,
-        "-l",
-        "0",
-        "--log-level=*:error",
-        "--no-telemetry",
-    ])
-    .map_err(|e| e.to_string())?;
+    let (eal, _dirs) =
+        super::child::small_eal(&format!("npwk-{}", std::process::id()), &["-l", "0"])?;
     let pool = |name: &str| {
         Mempool::new(&eal, name, 4095, 64, 2048 + PKTMBUF_HEADROOM).map_err(|e| e.to_string())
     };
@@ -149,20 +133,7 @@ fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
         &PortConfig::new(pool("wk-kernel")?),
     )
     .map_err(|e| e.to_string())?;
-    let mut table = MacTableBuilder::new();
-    table
-        .set_domain(
-            DomainId(0),
-            DomainInfo {
-                uplink: Uplink::Nic,
-                kernel: true,
-                sessions: Default::default(),
-            },
-        )
-        .map_err(|e| e.to_string())?;
-    table
-        .add_local(DomainId(0), LOCAL)
-        .map_err(|e| e.to_string())?;
+    let table = super::forwarding::one_node_table()?;
     let tx = RawSocket::bind("w0").map_err(|e| e.to_string())?;
     let rx = RawSocket::bind_protocol("k0", 0x0800).map_err(|e| e.to_string())?;
     rx.set_recv_buffer(1 << 20).map_err(|e| e.to_string())?;

@@ -16,10 +16,9 @@
 //! the file for the raw results), like the forwarding suite.
 
 use std::hint::black_box;
-use std::path::Path;
 
 use dataplane::counters::DropReason;
-use dataplane::dpdk::{tsc, Eal, RteHash, LOOKUP_BULK_MAX};
+use dataplane::dpdk::{tsc, RteHash, LOOKUP_BULK_MAX};
 use dataplane::steer::bench_support::Workload;
 use dataplane::steer::{mac_key, steer_bulk, Action, Decision, DomainId, Source};
 use serde_json::{json, Value};
@@ -59,19 +58,8 @@ fn cycles_per_item(items: usize, passes: usize, mut f: impl FnMut()) -> f64 {
 
 /// The child's half: cycles per frame for every size, as raw JSON.
 fn measure(opts: &BenchOpts, progress: &Progress) -> Result<Value, String> {
-    let prefix = format!("np-bench-steer-{}", std::process::id());
-    let eal = Eal::init(&[
-        "--no-pci",
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-shconf",
-        "--log-level=*:error",
-        "--no-telemetry",
-        &format!("--file-prefix={prefix}"),
-    ])
-    .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(&prefix));
+    let (eal, _dirs) =
+        super::child::small_eal(&format!("np-bench-steer-{}", std::process::id()), &[])?;
     let (rounds, passes) = if opts.quick { (20, 3) } else { (200, 7) };
     let load_before = crate::loadavg::all_three();
     let mut rows = Vec::new();

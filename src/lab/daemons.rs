@@ -136,6 +136,7 @@ impl Daemons {
                 .map_err(|e| LabError::io(format!("killing node {id}'s daemon"), e))?;
             at = super::agent::now_us();
             let _ = c.wait();
+            remove_runtime_dir(id, c.id());
         }
         Ok(at)
     }
@@ -221,8 +222,16 @@ impl Daemons {
                 continue;
             };
             cmd::wait_or_kill(&mut c, deadline);
+            remove_runtime_dir(&d.id, c.id());
         }
     }
+}
+
+/// Removes the DPDK runtime directory of node `id`'s daemon `pid` once it is gone: one that
+/// exits cleanly removes it itself, one that was killed cannot.
+fn remove_runtime_dir(id: &str, pid: u32) {
+    let dir = std::path::Path::new("/var/run/dpdk").join(control::daemon::eal_file_prefix(id, pid));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 impl Drop for Daemons {

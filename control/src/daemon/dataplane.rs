@@ -77,9 +77,8 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
         }
         .to_string(),
         format!(
-            "--file-prefix=nicproxy-{}-{}",
-            cfg.node.id,
-            std::process::id()
+            "--file-prefix={}",
+            super::eal_file_prefix(&cfg.node.id, std::process::id())
         ),
         // The main lcore is the control thread; let it float over every CPU rather than pin
         // it to CPU 0, where it would compete with a pinned worker.

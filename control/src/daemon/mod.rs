@@ -134,6 +134,14 @@ pub fn run_from_file(path: &Path) -> Result<(), DaemonError> {
     r
 }
 
+/// The EAL file prefix of node `node`'s daemon running as process `pid`: unique per
+/// process, so that several daemons (a lab's nodes) share a machine. EAL keeps a runtime
+/// directory of that name (`/var/run/dpdk/PREFIX` as root), which the daemon removes when
+/// it exits; one that was killed leaves it behind.
+pub fn eal_file_prefix(node: &str, pid: u32) -> String {
+    format!("nicproxy-{node}-{pid}")
+}
+
 struct Daemon {
     cfg: Config,
     config_path: std::path::PathBuf,

@@ -28,7 +28,12 @@ pub struct Eal {
 }
 
 #[derive(Debug)]
-struct EalInner;
+struct EalInner {
+    /// The runtime directory EAL made (`/var/run/dpdk/PREFIX`), even with `--in-memory` or
+    /// `--no-shconf`, where it stays empty: removed after the cleanup so that every run
+    /// with a per-process prefix does not leave one behind.
+    runtime_dir: Option<std::path::PathBuf>,
+}
 
 impl Drop for EalInner {
     fn drop(&mut self) {
@@ -41,6 +46,13 @@ impl Drop for EalInner {
                 "rte_eal_cleanup failed: {}",
                 DpdkError::from_errno("cleaning up the EAL", rc)
             );
+        }
+        if let Some(dir) = &self.runtime_dir {
+            // The telemetry socket is ours (unique prefix) and would be unlinked only at
+            // process exit, after this; then the directory, only if empty: with shared
+            // config, files another process may use stay.
+            let _ = std::fs::remove_file(dir.join("dpdk_telemetry.v2"));
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -112,8 +124,16 @@ impl Eal {
         }
         log_tap::clear();
         EAL_STATE.store(STATE_UP, Ordering::Release);
+        // SAFETY: EAL is up; the returned string is owned by EAL and lives as long as it,
+        // and it is copied out at once.
+        let dir = unsafe { ffi::rte_eal_get_runtime_dir() };
+        let runtime_dir = (!dir.is_null()).then(|| {
+            // SAFETY: non-null, a NUL-terminated path EAL built during init.
+            let c = unsafe { std::ffi::CStr::from_ptr(dir) };
+            std::path::PathBuf::from(c.to_string_lossy().into_owned())
+        });
         Ok(Eal {
-            _inner: Arc::new(EalInner),
+            _inner: Arc::new(EalInner { runtime_dir }),
         })
     }
 
