@@ -201,6 +201,7 @@ impl Drop for Lab {
         for d in self.daemons.iter_mut().flatten() {
             let _ = d.child.kill();
             let _ = d.child.wait();
+            forget_runtime_dir(d);
         }
         for mut c in self.captures.drain(..) {
             let _ = c.kill();
@@ -369,6 +370,13 @@ impl Drop for Pinger {
             let _ = r.join();
         }
     }
+}
+
+/// Removes the DPDK runtime directory of daemon `d` once it is gone (one that exits cleanly
+/// removes it itself; a killed one cannot).
+fn forget_runtime_dir(d: &Daemon) {
+    let prefix = control::daemon::eal_file_prefix(d.node, d.child.id());
+    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
 }
 
 /// Whether node a's kernel port is virtio-user over vhost-kernel in the guest
@@ -1259,6 +1267,7 @@ impl Scenario {
             let b = self.lab.daemons[1].as_mut().expect("b");
             b.child.kill().expect("SIGKILL b");
             let _ = b.child.wait();
+            forget_runtime_dir(b);
         }
         let (st_down, to_off) = self.wait_status(0, "carrier off with b gone", long, |st| {
             st["carrier"] == false && st["uplink"] == "none"
