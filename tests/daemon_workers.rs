@@ -67,7 +67,7 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
-            let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/nicproxy-w-{}", c.id()));
+            let _ = std::fs::remove_dir_all(control::daemon::eal_runtime_dir("w", c.id()));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -523,9 +523,17 @@ fn daemon_with_two_workers_spreads_flows_and_stops_clean() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/nicproxy-w-{pid}"));
     let log = d.log();
     assert!(exit.success(), "the daemon exited with {exit}:\n{log}");
+    // A daemon that exits cleanly leaves no DPDK runtime directory behind.
+    let runtime = control::daemon::eal_runtime_dir("w", pid);
+    let left = runtime.exists();
+    let _ = std::fs::remove_dir_all(&runtime);
+    assert!(
+        !left,
+        "{} left behind after a clean exit",
+        runtime.display()
+    );
     assert!(log.contains("stopping"), "{log}");
     assert!(!log.contains("ERROR"), "the daemon logged errors:\n{log}");
     assert!(

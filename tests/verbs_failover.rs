@@ -375,8 +375,7 @@ impl Drop for Pinger {
 /// Removes the DPDK runtime directory of daemon `d` once it is gone (one that exits cleanly
 /// removes it itself; a killed one cannot).
 fn forget_runtime_dir(d: &Daemon) {
-    let prefix = control::daemon::eal_file_prefix(d.node, d.child.id());
-    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
+    let _ = std::fs::remove_dir_all(control::daemon::eal_runtime_dir(d.node, d.child.id()));
 }
 
 /// Whether node a's kernel port is virtio-user over vhost-kernel in the guest

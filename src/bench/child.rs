@@ -59,7 +59,7 @@ pub(crate) fn measure_in_child(
         .map_err(|e| format!("reading the child's results: {e}"))
 }
 
-/// Removes DPDK's runtime directories (`/var/run/dpdk/PREFIX`) of a measuring child's EALs
+/// Removes the DPDK runtime directories of a measuring child's EALs (its own and testpmd's)
 /// on drop: EAL makes one even without shared config.
 pub(crate) struct RuntimeDirs(Vec<std::path::PathBuf>);
 
@@ -69,7 +69,7 @@ impl RuntimeDirs {
         RuntimeDirs(
             prefixes
                 .iter()
-                .map(|p| Path::new("/var/run/dpdk").join(p))
+                .map(|p| dataplane::dpdk::runtime_dir(p))
                 .collect(),
         )
     }

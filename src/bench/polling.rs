@@ -13,7 +13,6 @@
 //! percentile, is what the sleeping costs: the wake-up latency. Rounds alternate the modes,
 //! so that a noisy moment hits both alike. The worker runs on CPU 1, the sender on CPU 0.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dataplane::dpdk::{Mempool, Port, PortConfig, PKTMBUF_HEADROOM};
@@ -69,19 +68,10 @@ impl Net {
         let net = Net {
             ns: format!("npwk{:x}", std::process::id()),
         };
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let o = Command::new("ip")
-                .args(args)
-                .output()
-                .map_err(|e| format!("running ip {args:?} (iproute2): {e}"))?;
-            if o.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "ip {args:?}: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
-            }
+        let ip = |args: &[&str]| {
+            crate::lab::cmd::run("ip", args)
+                .map(drop)
+                .map_err(|e| e.to_string())
         };
         ip(&["netns", "add", &net.ns])?;
         // From here `net` is dropped, and the namespace removed, on every error.
@@ -98,7 +88,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        crate::lab::cmd::run_quiet("ip", &["netns", "del", &self.ns]);
     }
 }
 

@@ -230,8 +230,7 @@ impl Daemons {
 /// Removes the DPDK runtime directory of node `id`'s daemon `pid` once it is gone: one that
 /// exits cleanly removes it itself, one that was killed cannot.
 fn remove_runtime_dir(id: &str, pid: u32) {
-    let dir = std::path::Path::new("/var/run/dpdk").join(control::daemon::eal_file_prefix(id, pid));
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(control::daemon::eal_runtime_dir(id, pid));
 }
 
 impl Drop for Daemons {

@@ -19,7 +19,7 @@ mod analysis;
 mod args;
 mod bonding;
 mod bonding_net;
-mod cmd;
+pub(crate) mod cmd;
 mod daemons;
 mod error;
 mod faults;

@@ -26,10 +26,10 @@ pub struct RuntimeDir {
 }
 
 impl RuntimeDir {
-    /// Guards the runtime directory EAL uses for `prefix` as root.
+    /// Guards the runtime directory EAL uses for `prefix`.
     pub fn new(prefix: &str) -> RuntimeDir {
         RuntimeDir {
-            path: std::path::Path::new("/var/run/dpdk").join(prefix),
+            path: dataplane::dpdk::runtime_dir(prefix),
         }
     }
 }

@@ -135,11 +135,15 @@ pub fn run_from_file(path: &Path) -> Result<(), DaemonError> {
 }
 
 /// The EAL file prefix of node `node`'s daemon running as process `pid`: unique per
-/// process, so that several daemons (a lab's nodes) share a machine. EAL keeps a runtime
-/// directory of that name (`/var/run/dpdk/PREFIX` as root), which the daemon removes when
-/// it exits; one that was killed leaves it behind.
-pub fn eal_file_prefix(node: &str, pid: u32) -> String {
+/// process, so that several daemons (a lab's nodes) share a machine.
+pub(crate) fn eal_file_prefix(node: &str, pid: u32) -> String {
     format!("nicproxy-{node}-{pid}")
+}
+
+/// The DPDK runtime directory of node `node`'s daemon running as process `pid`. The daemon
+/// removes it when it exits; one that was killed leaves it behind for whoever killed it.
+pub fn eal_runtime_dir(node: &str, pid: u32) -> std::path::PathBuf {
+    ::dataplane::dpdk::runtime_dir(&eal_file_prefix(node, pid))
 }
 
 struct Daemon {

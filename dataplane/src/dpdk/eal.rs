@@ -57,6 +57,20 @@ impl Drop for EalInner {
     }
 }
 
+/// The runtime directory EAL uses for file prefix `prefix`, by DPDK's rule: under
+/// `/var/run/dpdk` for root, else under `$XDG_RUNTIME_DIR/dpdk` (or `/tmp/dpdk`). EAL makes
+/// it even with `--in-memory` or `--no-shconf`; a process that dies without cleaning up
+/// leaves it behind for whoever started it to remove.
+pub fn runtime_dir(prefix: &str) -> std::path::PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let base = if unsafe { libc::getuid() } == 0 {
+        std::path::PathBuf::from("/var/run")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| "/tmp".into(), Into::into)
+    };
+    base.join("dpdk").join(prefix)
+}
+
 impl Eal {
     /// Initialises the EAL with `args`, the EAL command line without a program name (e.g.
     /// `["--no-pci", "--in-memory", "--file-prefix=np1", "-l", "0"]`). The calling thread

@@ -13,7 +13,7 @@ pub mod mempool;
 pub mod port;
 
 pub use dpdk_sys as ffi;
-pub use eal::{lcore_id, tsc, Eal, LcoreRegistration};
+pub use eal::{lcore_id, runtime_dir, tsc, Eal, LcoreRegistration};
 pub use error::DpdkError;
 pub use hash::{RteHash, LOOKUP_BULK_MAX};
 pub use mbuf::{Burst, Mbuf, BURST_SIZE};
